@@ -1,0 +1,27 @@
+"""blendin-llm: a small aligned guide model steers a larger base model at inference time (BlendIn),
+and every answer comes with a reliability record."""
+
+from .backends import ModelBackend, SequenceState, TransformersBackend
+from .config import BlendConfig, ModelSpec, ReliabilityConfig, SamplingParams
+from .errors import (
+    BlendInError,
+    ConfigError,
+    GenerationArgumentError,
+    IncompatibleModelsError,
+    ModelLoadError,
+    PromptError,
+)
+from .llm import BlendedLLM, load_backend
+from .results import BlendResult, GuideStats, Reliability, StreamEvent, TraceEntry, Usage
+from .strategies import Strategy, StepView, available_strategies, register_strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlendedLLM", "BlendConfig", "ModelSpec", "ReliabilityConfig", "SamplingParams",
+    "BlendResult", "Reliability", "GuideStats", "StreamEvent", "TraceEntry", "Usage",
+    "Strategy", "StepView", "available_strategies", "register_strategy",
+    "ModelBackend", "SequenceState", "TransformersBackend", "load_backend",
+    "BlendInError", "ConfigError", "GenerationArgumentError", "IncompatibleModelsError",
+    "ModelLoadError", "PromptError", "__version__",
+]

@@ -1,0 +1,4 @@
+from .base import ModelBackend, SequenceState
+from .transformers import TransformersBackend
+
+__all__ = ["ModelBackend", "SequenceState", "TransformersBackend"]

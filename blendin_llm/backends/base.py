@@ -1,0 +1,85 @@
+"""The one small protocol every model sits behind: next-token logits with incremental state.
+
+A backend holds a loaded model and its tokenizer and no per-sequence state. Per-sequence state (a KV
+cache, the tokens it covers) lives in a ``SequenceState`` that the engine owns, so several sequences
+can later be decoded as a batch, and a remote backend (an OpenAI-compatible server) can keep its own
+kind of state behind the same calls.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from ..config import ModelSpec
+from ..prompts import Message, render_prompt
+
+
+class SequenceState:
+    """What a backend knows about one sequence: the token ids it has consumed, and its cache."""
+
+    __slots__ = ("tokens", "cache")
+
+    def __init__(self, cache: Any = None) -> None:
+        self.tokens: list[int] = []
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class ModelBackend(ABC):
+    """Interface of a model: prompt encoding, detokenization, and incremental next-token logits."""
+
+    spec: ModelSpec
+    tokenizer: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.spec.source or type(self).__name__
+
+    # -- facts about the model -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def logits_width(self) -> int:
+        """Width of the logits ``forward`` returns (may exceed the tokenizer's size: padding)."""
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int | None:
+        """Most positions the model can attend to, or None if unknown/unbounded."""
+
+    @property
+    @abstractmethod
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    def vocab(self) -> dict[str, int]:
+        """Token string -> id; two backends with equal vocabularies share token ids."""
+        return self.tokenizer.get_vocab()
+
+    # -- text ------------------------------------------------------------------------------
+    def encode_prompt(self, messages: list[Message]) -> list[int]:
+        text, add_special = render_prompt(messages, self.spec, self.tokenizer)
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- incremental computation -------------------------------------------------------------
+    @abstractmethod
+    def new_state(self) -> SequenceState: ...
+
+    @abstractmethod
+    def forward(self, state: SequenceState, ids: list[int]) -> torch.Tensor:
+        """Consume ``ids`` (appended to the state) and return float32 logits [logits_width] of the
+        token that follows. Cached positions are never recomputed."""
+
+    @abstractmethod
+    def rollback(self, state: SequenceState, length: int) -> None:
+        """Forget everything after the first ``length`` tokens of the state."""

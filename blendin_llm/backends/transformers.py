@@ -1,0 +1,110 @@
+"""In-process backend over a transformers causal LM with a DynamicCache per sequence."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..config import ModelSpec
+from ..errors import ModelLoadError
+from .base import ModelBackend, SequenceState
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _as_id_set(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value}
+
+
+class TransformersBackend(ModelBackend):
+    """A transformers ``PreTrainedModel`` + tokenizer. Build it from a ModelSpec with ``load``."""
+
+    def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec | None = None) -> None:
+        if spec is None:
+            spec = ModelSpec(source=getattr(model, "name_or_path", "") or type(model).__name__,
+                             model=model, tokenizer=tokenizer)
+        if not spec.source and not spec.name:
+            label = getattr(model, "name_or_path", "") or type(model).__name__
+            spec = dataclasses.replace(spec, name=label)
+        self.spec = spec
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        cfg = model.config
+        self._config = getattr(cfg, "get_text_config", lambda: cfg)()
+        gen = getattr(model, "generation_config", None)
+        self._eos = frozenset(
+            _as_id_set(getattr(gen, "eos_token_id", None)) | _as_id_set(tokenizer.eos_token_id)
+        )
+        self._width = int(model.get_output_embeddings().weight.shape[0])
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> "TransformersBackend":
+        if spec.model is not None:
+            return cls(spec.model, spec.tokenizer, spec)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = torch.device(spec.device)
+        if spec.dtype == "auto":
+            dtype: Any = torch.float32 if device.type == "cpu" else "auto"
+        else:
+            dtype = _DTYPES[spec.dtype]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                spec.source, trust_remote_code=spec.trust_remote_code
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                spec.source, dtype=dtype, trust_remote_code=spec.trust_remote_code
+            ).to(device)
+        except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors, ...
+            raise ModelLoadError(
+                f"could not load model {spec.source!r}: {exc}. Pass a local directory with "
+                "config.json, tokenizer files and weights, a hub id where a hub is reachable, "
+                "or an already-loaded (model, tokenizer) pair."
+            ) from exc
+        return cls(model, tokenizer, spec)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def logits_width(self) -> int:
+        return self._width
+
+    @property
+    def context_length(self) -> int | None:
+        n = getattr(self._config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    def new_state(self) -> SequenceState:
+        from transformers import DynamicCache
+
+        return SequenceState(DynamicCache(config=self.model.config))
+
+    def forward(self, state: SequenceState, ids: list[int]) -> torch.Tensor:
+        if not ids:
+            raise ValueError("forward needs at least one new token")
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=input_ids, past_key_values=state.cache, use_cache=True, logits_to_keep=1
+        )
+        state.cache = out.past_key_values
+        state.tokens.extend(ids)
+        return out.logits[0, -1].float()
+
+    def rollback(self, state: SequenceState, length: int) -> None:
+        drop = len(state.tokens) - length
+        if drop <= 0:
+            return
+        state.cache.crop(-drop)
+        del state.tokens[length:]

@@ -1,0 +1,185 @@
+"""Configuration objects: how to blend (BlendConfig), when to flag (ReliabilityConfig), how to sample
+(SamplingParams) and where a model comes from (ModelSpec).
+
+They are plain frozen dataclasses validated on construction: a bad value raises ``ConfigError`` (or
+``GenerationArgumentError`` for per-call sampling values) with a message that says what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Union
+
+from .errors import ConfigError, GenerationArgumentError
+
+Alpha = Union[float, Literal["auto"]]
+
+
+def _check_unit(name: str, value: float, err: type[Exception] = ConfigError) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise err(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class ReliabilityConfig:
+    """Thresholds that turn the per-response signals into ``flagged`` and ``reasons``.
+
+    ``max_intervention_rate``: above it the pair is out of its depth on this answer (paper: ~20 %).
+    ``min_score``: a reliability score below it flags the answer.
+    ``min_agreement``: share of interventions where the guide's top token is in the base's top-k.
+    ``max_divergence``: mean Jensen-Shannon divergence at interventions, normalised to [0, 1].
+    ``weights``: weights of (confidence, stability, consensus) in the score; they are normalised.
+    """
+
+    max_intervention_rate: float = 0.20
+    min_score: float = 0.5
+    min_agreement: float = 0.5
+    max_divergence: float = 0.5
+    weights: tuple[float, float, float] = (0.5, 0.25, 0.25)
+
+    def __post_init__(self) -> None:
+        for name in ("max_intervention_rate", "min_score", "min_agreement", "max_divergence"):
+            _check_unit(f"ReliabilityConfig.{name}", getattr(self, name))
+        w = tuple(self.weights)
+        if len(w) != 3 or any((not isinstance(x, (int, float))) or x < 0 for x in w) or sum(w) <= 0:
+            raise ConfigError(
+                "ReliabilityConfig.weights must be three non-negative numbers "
+                f"(confidence, stability, consensus) with a positive sum, got {self.weights!r}"
+            )
+        object.__setattr__(self, "weights", w)
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """How the base and the guides are combined at each step.
+
+    ``strategy``: a registered strategy name (``blendin_llm.available_strategies()``).
+    ``gamma``: the guide is consulted when the base's top-1 probability is below it. 0 never
+      consults, anything above 1 consults at every step.
+    ``alpha``: the guide weight in [0, 1], or ``"auto"`` for the confidence-based rule.
+    ``agreement_top_k``: k of "guide's top token is in the base's top-k" (the agreement signal).
+    ``reliability``: thresholds for flagging an answer.
+    """
+
+    strategy: str = "blendin"
+    gamma: float = 0.4
+    alpha: Alpha = "auto"
+    agreement_top_k: int = 10
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
+
+    def __post_init__(self) -> None:
+        from .strategies import available_strategies  # late: strategies import this module
+
+        if not isinstance(self.strategy, str) or self.strategy not in available_strategies():
+            raise ConfigError(
+                f"unknown strategy {self.strategy!r}; choose one of {', '.join(available_strategies())}"
+            )
+        g = self.gamma
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or math.isnan(g) or g < 0:
+            raise ConfigError(
+                f"gamma must be a number >= 0 (0 = never consult the guide, > 1 = always), got {g!r}"
+            )
+        if self.alpha != "auto":
+            _check_unit("alpha (or 'auto')", self.alpha)
+        k = self.agreement_top_k
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"agreement_top_k must be an integer >= 1, got {k!r}")
+        if not isinstance(self.reliability, ReliabilityConfig):
+            raise ConfigError("reliability must be a ReliabilityConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-call decoding options. ``temperature == 0`` (the default) is greedy decoding.
+
+    Sampling applies to the final (blended) distribution: temperature, then top-k, then top-p.
+    A ``seed`` makes sampled output reproducible, independent of other calls and threads.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        E = GenerationArgumentError
+        n = self.max_new_tokens
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise E(f"max_new_tokens must be an integer >= 1, got {n!r}")
+        t = self.temperature
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t) or t < 0:
+            raise E(f"temperature must be a number >= 0 (0 = greedy), got {t!r}")
+        p = self.top_p
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 < p <= 1.0:
+            raise E(f"top_p must be in (0, 1], got {p!r}")
+        k = self.top_k
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise E(f"top_k must be an integer >= 0 (0 = off), got {k!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise E(f"seed must be an integer or None, got {self.seed!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        for s in stop:
+            if not isinstance(s, str):
+                raise E(f"stop strings must be str, got {s!r}")
+            if s == "":
+                raise E("stop strings must not be empty: an empty string would match at once")
+        object.__setattr__(self, "stop", tuple(dict.fromkeys(stop)))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+PromptFormat = Literal["auto", "chat", "plain", "raw"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and how it wants its prompt.
+
+    ``source``: a local directory or hub id for transformers (more sources arrive with later releases).
+    ``model`` / ``tokenizer``: already-loaded transformers objects (then ``source`` is only a name).
+    ``dtype``: "auto", "float32", "bfloat16", "float16".  ``device``: "cpu", "cuda", "cuda:1", ...
+    ``prompt_format``: "chat" uses the tokenizer's chat template; "plain" renders
+      ``User: ...\\nAssistant:`` turns (configurable prefixes) for base models; "raw" feeds a string
+      prompt verbatim (message contents are joined by newlines); "auto" = "chat" when the tokenizer
+      has a chat template, else "plain".
+    ``system_prompt``: prepended as a system turn unless the messages bring their own.
+    """
+
+    source: str = ""
+    dtype: str = "auto"
+    device: str = "cpu"
+    prompt_format: PromptFormat = "auto"
+    system_prompt: str | None = None
+    user_prefix: str = "User: "
+    assistant_prefix: str = "Assistant:"
+    system_prefix: str = ""
+    turn_separator: str = "\n"
+    name: str | None = None
+    trust_remote_code: bool = False
+    model: Any = field(default=None, repr=False, compare=False)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.model is None) != (self.tokenizer is None):
+            raise ConfigError("ModelSpec needs both model and tokenizer, or neither")
+        if self.model is None and (not isinstance(self.source, str) or not self.source.strip()):
+            raise ConfigError(
+                "ModelSpec.source must be a non-empty local path or model id "
+                "(or pass model= and tokenizer= objects)"
+            )
+        if self.prompt_format not in ("auto", "chat", "plain", "raw"):
+            raise ConfigError(
+                f"prompt_format must be one of auto, chat, plain, raw; got {self.prompt_format!r}"
+            )
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}"
+            )

@@ -1,0 +1,225 @@
+"""The decoding loop. ``Generation`` holds all per-sequence state; ``Generation.events()`` is the
+stream of steps that ``BlendedLLM.stream`` and ``BlendedLLM.generate`` consume.
+
+Per step: the base gives its next-token distribution (its KV cache grows by one token). The strategy
+decides from the base's top-1 probability whether to consult the guides. A consulted guide first
+catches up, in one forward pass, on every token it has not seen yet (its prompt, on first use, and
+the tokens chosen while it was skipped); then the strategy combines the distributions and a token
+is chosen. Guides that are not consulted cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .backends.base import ModelBackend, SequenceState
+from .config import BlendConfig, SamplingParams
+from .reliability import ReliabilityTracker
+from .results import BlendResult, StreamEvent, TraceEntry, Usage
+from .sampling import sample
+from .strategies import StepView, Strategy
+from .text import IncrementalDetokenizer, StopMatcher
+
+_EPS = 1e-20
+
+
+class _Guide:
+    """One guide within one sequence: its state and the tokens it has not consumed yet."""
+
+    __slots__ = ("backend", "state", "pending")
+
+    def __init__(self, backend: ModelBackend, prompt_ids: list[int]) -> None:
+        self.backend = backend
+        self.state: SequenceState = backend.new_state()
+        self.pending: list[int] = list(prompt_ids)
+
+
+@dataclass
+class _Choice:
+    token: int
+    prob: float
+    base_prob: float
+    base_top1: float
+    consulted: bool
+    alpha: float | None = None
+    guide_prob: float | None = None
+
+
+def js_divergence_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence in bits between p [V] and each row of q [G, V]; values in [0, 1]."""
+    m = 0.5 * (p + q)
+    log_m = (m + _EPS).log()
+    kl_p = (p * ((p + _EPS).log() - log_m)).sum(-1)
+    kl_q = (q * ((q + _EPS).log() - log_m)).sum(-1)
+    return (0.5 * (kl_p + kl_q) / math.log(2)).clamp(0.0, 1.0)
+
+
+class Generation:
+    """One sequence being decoded, with every piece of its state in one place."""
+
+    def __init__(
+        self,
+        *,
+        base: ModelBackend,
+        guides: list[ModelBackend],
+        strategy: Strategy,
+        config: BlendConfig,
+        params: SamplingParams,
+        prompt_ids: list[list[int]],
+        budget: int,
+        model_name: str,
+        trace: bool = False,
+    ) -> None:
+        self.base = base
+        self.strategy = strategy
+        self.config = config
+        self.params = params
+        self.budget = budget
+        self.model_name = model_name
+        self.base_prompt = prompt_ids[0]
+        self.base_state = base.new_state()
+        self.guides = [_Guide(g, ids) for g, ids in zip(guides, prompt_ids[1:])]
+        self.vocab = base.logits_width
+        self.base_eos = base.eos_token_ids
+        self.guide_eos = frozenset().union(*(g.eos_token_ids for g in guides))
+        self.generated: list[int] = []
+        self.guide_tokens = 0
+        self.detok = IncrementalDetokenizer(base.tokenizer)
+        self.stops = StopMatcher(params.stop)
+        self.tracker = ReliabilityTracker(
+            config, strategy.name, [g.name for g in guides],
+            gated=type(strategy).consult is Strategy.consult, trace=trace,
+        )
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.rng = torch.Generator(device=base.device).manual_seed(seed)
+        self._base_logits: torch.Tensor | None = None
+
+    # -- one step (no yield inside, so inference mode never leaks to the caller) ---------------
+    @torch.inference_mode()
+    def _advance(self, last_token: int | None) -> None:
+        ids = self.base_prompt if last_token is None else [last_token]
+        self._base_logits = self.base.forward(self.base_state, ids)
+        if last_token is not None:
+            for g in self.guides:
+                g.pending.append(last_token)
+
+    @torch.inference_mode()
+    def _choose(self) -> _Choice:
+        logp = torch.log_softmax(self._base_logits, -1)
+        top_lp, top_id = logp.max(-1)
+        base_top1 = math.exp(top_lp.item())
+        if self.guides and self.strategy.consult(base_top1):
+            return self._blend(logp, top_lp, top_id, base_top1)
+        if self.params.greedy:
+            token = int(top_id)
+            return _Choice(token, base_top1, base_top1, base_top1, consulted=False)
+        tok = sample(logp, self.params, self.rng)
+        token, lp = torch.stack([tok.to(logp.dtype), logp[tok]]).tolist()
+        p = math.exp(lp)
+        return _Choice(int(token), p, p, base_top1, consulted=False)
+
+    def _guide_probs(self, g: _Guide) -> torch.Tensor:
+        """Catch the guide up on everything it has not seen, in one forward; its distribution
+        in the base's token space."""
+        self.guide_tokens += len(g.pending)
+        logits = g.backend.forward(g.state, g.pending)
+        g.pending = []
+        probs = torch.softmax(logits, -1)
+        v = self.vocab
+        if probs.shape[0] > v:  # ids past the base's width are padding: renormalise without them
+            probs = probs[:v] / probs[:v].sum()
+        elif probs.shape[0] < v:
+            probs = torch.nn.functional.pad(probs, (0, v - probs.shape[0]))
+        return probs
+
+    def _blend(self, logp: torch.Tensor, top_lp: torch.Tensor, top_id: torch.Tensor,
+               base_top1: float) -> _Choice:
+        p_base = logp.exp()
+        guide_probs = torch.stack([self._guide_probs(g) for g in self.guides])
+        g_top1, g_arg = guide_probs.max(-1)
+        view = StepView(p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg])
+        mixed, alphas = self.strategy.combine(view)
+        if self.params.greedy:
+            tok = mixed.argmax()
+        else:
+            tok = sample((mixed + _EPS).log(), self.params, self.rng)
+        k = min(self.config.agreement_top_k, p_base.shape[0])
+        base_topk = torch.topk(logp, k).indices
+        agree1 = (g_arg == top_id).to(p_base.dtype)
+        agreek = (g_arg[:, None] == base_topk[None, :]).any(-1).to(p_base.dtype)
+        js = js_divergence_bits(p_base, guide_probs)
+        head = torch.stack([tok.to(p_base.dtype), mixed[tok], p_base[tok], guide_probs[:, tok].mean()])
+        stats = torch.cat([head, alphas, g_top1, agree1, agreek, js]).tolist()
+        n = len(self.guides)
+        token, prob, base_prob, guide_prob = stats[:4]
+        cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
+        self.tracker.consulted(*cols)
+        return _Choice(int(token), prob, base_prob, base_top1, consulted=True,
+                       alpha=sum(cols[0]) / n, guide_prob=guide_prob)
+
+    # -- the stream --------------------------------------------------------------------------
+    def events(self) -> Iterator[StreamEvent]:
+        t0 = time.perf_counter()
+        finish, stop_seq = "length", None
+        text_parts: list[str] = []
+        tracker, trace = self.tracker, self.tracker.trace
+        self._advance(None)
+        for index in range(self.budget):
+            c = self._choose()
+            self.generated.append(c.token)
+            tracker.step(c.base_top1, c.prob, c.base_prob)
+            if c.token in self.base_eos or (c.consulted and c.token in self.guide_eos):
+                finish = "stop"
+                stop_seq = self.base.tokenizer.convert_ids_to_tokens(c.token)
+                delta = emit = ""
+                hit = None
+            else:
+                delta = self.detok.push(c.token)
+                emit, hit = self.stops.push(delta)
+            if trace is not None:
+                trace.append(TraceEntry(
+                    index=index, token_id=c.token, text=delta,
+                    source="blend" if c.consulted else "base", alpha=c.alpha,
+                    base_top1=c.base_top1, base_prob=c.base_prob, guide_prob=c.guide_prob,
+                    prob=c.prob,
+                ))
+            if finish == "stop":
+                break
+            if emit or hit is None:
+                text_parts.append(emit)
+                yield StreamEvent(text=emit, token_id=c.token, index=index,
+                                  consulted=c.consulted, alpha=c.alpha, prob=c.prob)
+            if hit is not None:
+                finish, stop_seq = "stop", hit
+                break
+            if index + 1 < self.budget:
+                self._advance(c.token)
+
+        tail = ""
+        if stop_seq is None:  # release what was held back: an incomplete character, a stop prefix
+            tail, hit = self.stops.push(self.detok.flush())
+            if hit is not None:
+                finish, stop_seq = "stop", hit
+            else:
+                tail += self.stops.flush()
+        text_parts.append(tail)
+        n = len(self.generated)
+        prompt_n = len(self.base_prompt)
+        result = BlendResult(
+            text="".join(text_parts),
+            finish_reason=finish,
+            stop_sequence=stop_seq,
+            token_ids=list(self.generated),
+            usage=Usage(prompt_tokens=prompt_n, completion_tokens=n, total_tokens=prompt_n + n,
+                        guide_tokens_computed=self.guide_tokens),
+            reliability=tracker.finish(),
+            model=self.model_name,
+            elapsed_s=time.perf_counter() - t0,
+        )
+        yield StreamEvent(text=tail, done=True, result=result)

@@ -1,0 +1,185 @@
+"""``BlendedLLM``: the user's one object. Framework-free; the LangChain and LlamaIndex faces wrap it."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
+
+from .backends.base import ModelBackend
+from .backends.transformers import TransformersBackend
+from .config import BlendConfig, ModelSpec, SamplingParams
+from .engine import Generation
+from .errors import ConfigError, IncompatibleModelsError, PromptError
+from .prompts import PromptLike, normalize_messages
+from .results import BlendResult, StreamEvent
+from .strategies import get_strategy
+
+ModelLike = Union[str, ModelSpec, ModelBackend, tuple]
+
+
+def load_backend(model: ModelLike) -> ModelBackend:
+    """A backend from a path/hub id, a ModelSpec, a (model, tokenizer) pair, or a backend."""
+    if isinstance(model, ModelBackend):
+        return model
+    if isinstance(model, tuple):
+        if len(model) != 2:
+            raise ConfigError("a loaded model is passed as a (model, tokenizer) pair")
+        m, tok = model
+        return TransformersBackend(m, tok)
+    if isinstance(model, str):
+        model = ModelSpec(source=model)
+    if isinstance(model, ModelSpec):
+        return TransformersBackend.load(model)
+    raise ConfigError(
+        "a model must be a local path or hub id, a ModelSpec, a (model, tokenizer) pair or a "
+        f"ModelBackend; got {type(model).__name__}"
+    )
+
+
+def _as_guide_list(guides: Any) -> list:
+    """``guides`` may be None, one model, or a list of models. A 2-tuple whose first item is not
+    itself a model reference is one (model, tokenizer) pair."""
+    if guides is None:
+        return []
+    if isinstance(guides, list):
+        return guides
+    if isinstance(guides, tuple) and not (
+        len(guides) == 2 and not isinstance(guides[0], (str, ModelSpec, ModelBackend, tuple))
+    ):
+        return list(guides)
+    return [guides]
+
+
+class BlendedLLM:
+    """A base model steered by one or more guide models, with a reliability record per answer.
+
+    >>> llm = BlendedLLM(base="path/to/base", guides=["path/to/guide"],
+    ...                  config=BlendConfig(strategy="blendin", gamma=0.4, alpha="auto"))
+    >>> res = llm.generate("Why is the sky blue?", max_new_tokens=64)
+    >>> res.text, res.reliability.flagged
+
+    One instance may be shared by many threads: calls run one at a time and each gives the output
+    it would give alone. A ``stream()`` holds the instance until it is exhausted or closed.
+    """
+
+    def __init__(
+        self,
+        base: ModelLike,
+        guides: Sequence[ModelLike] | ModelLike | None = None,
+        config: BlendConfig | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.config = config if config is not None else BlendConfig()
+        if not isinstance(self.config, BlendConfig):
+            raise ConfigError("config must be a BlendConfig")
+        self.base = load_backend(base)
+        self.guides = [load_backend(g) for g in _as_guide_list(guides)]
+        self._check_models()
+        self._check_config(self.config)
+        self.name = name or "+".join([self.base.name, *(g.name for g in self.guides)])
+        self._lock = threading.Lock()
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_models(self) -> None:
+        base_vocab = None
+        for g in self.guides:
+            if g.device != self.base.device:
+                raise IncompatibleModelsError(
+                    f"guide {g.name!r} is on {g.device} but the base is on {self.base.device}; "
+                    "put every model on the same device (ModelSpec(device=...) or model.to(...))"
+                )
+            base_vocab = base_vocab or self.base.vocab()
+            if g.vocab() != base_vocab:
+                raise IncompatibleModelsError(
+                    f"guide {g.name!r} has a different vocabulary from the base {self.base.name!r} "
+                    f"({len(g.vocab())} vs {len(base_vocab)} tokens). This release blends guides "
+                    "that share the base's tokenizer; choose a guide of the same model family."
+                )
+
+    def _check_config(self, config: BlendConfig) -> None:
+        if get_strategy(config).requires_guide and not self.guides:
+            raise ConfigError(
+                f"strategy {config.strategy!r} needs at least one guide model; pass guides=[...] "
+                "or use strategy='base_only'"
+            )
+
+    def _resolve_config(self, overrides: dict[str, Any]) -> BlendConfig:
+        if not overrides:
+            return self.config
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(BlendConfig)}
+        if unknown:
+            raise ConfigError(f"unknown option(s) {sorted(unknown)}")
+        config = dataclasses.replace(self.config, **overrides)
+        self._check_config(config)
+        return config
+
+    # -- generation --------------------------------------------------------------------------
+    def _prepare(self, prompt: PromptLike, params: SamplingParams, config: BlendConfig,
+                 trace: bool) -> Generation:
+        messages = normalize_messages(prompt)
+        models = [self.base, *self.guides]
+        prompt_ids = [m.encode_prompt(messages) for m in models]
+        budget = params.max_new_tokens
+        for m, ids in zip(models, prompt_ids):
+            if not ids:
+                raise PromptError(f"the prompt renders to zero tokens for {m.name!r}")
+            ctx = m.context_length
+            if ctx is not None:
+                if len(ids) >= ctx:
+                    raise PromptError(
+                        f"the prompt is {len(ids)} tokens for {m.name!r}, whose context holds "
+                        f"{ctx}; shorten the prompt to leave room for the answer"
+                    )
+                budget = min(budget, ctx - len(ids))
+        return Generation(
+            base=self.base, guides=self.guides, strategy=get_strategy(config), config=config,
+            params=params, prompt_ids=prompt_ids, budget=budget, model_name=self.name,
+            trace=trace,
+        )
+
+    def stream(
+        self,
+        prompt: PromptLike,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        trace: bool = False,
+        **config_overrides: Any,
+    ) -> Iterator[StreamEvent]:
+        """Yield one event per token (``event.text`` is the released text); the last event has
+        ``done=True`` and carries the ``BlendResult``. Arguments are checked before this returns.
+
+        ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
+        instance's BlendConfig for this call only.
+        """
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, top_k=top_k, seed=seed,
+                                stop=() if stop is None else stop)
+        config = self._resolve_config(config_overrides)
+        gen = self._prepare(prompt, params, config, trace)
+        return self._locked(gen)
+
+    def _locked(self, gen: Generation) -> Iterator[StreamEvent]:
+        with self._lock:
+            yield from gen.events()
+
+    def generate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
+        """Generate a whole answer; same arguments as ``stream``."""
+        result = None
+        for event in self.stream(prompt, **kwargs):
+            result = event.result
+        assert result is not None
+        return result
+
+    __call__ = generate
+
+    def __repr__(self) -> str:
+        return (f"BlendedLLM(base={self.base.name!r}, guides={[g.name for g in self.guides]!r}, "
+                f"strategy={self.config.strategy!r})")

@@ -1,0 +1,89 @@
+"""Turning a prompt (a string or chat messages) into each model's own prompt text.
+
+Every model renders the conversation its own way: a chat template where its tokenizer has one
+(typical of guides), plain ``User: ...\\nAssistant:`` turns for base models, or the raw string.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, Union
+
+from .config import ModelSpec
+from .errors import PromptError
+
+Message = dict[str, str]
+PromptLike = Union[str, Sequence[Union[Mapping[str, Any], tuple[str, str]]]]
+
+_ROLES = ("system", "user", "assistant")
+_ROLE_ALIASES = {"human": "user", "ai": "assistant"}
+
+
+def normalize_messages(prompt: PromptLike) -> list[Message]:
+    """Validate a prompt and return it as ``[{"role": ..., "content": ...}, ...]``."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise PromptError("the prompt is empty; pass some text or at least one user message")
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
+        raise PromptError(
+            f"prompt must be a string or a list of messages, got {type(prompt).__name__}"
+        )
+    if len(prompt) == 0:
+        raise PromptError("the message list is empty; add at least one user message")
+    out: list[Message] = []
+    for i, m in enumerate(prompt):
+        if isinstance(m, tuple) and len(m) == 2:
+            role, content = m
+        elif isinstance(m, Mapping) and "role" in m and "content" in m:
+            role, content = m["role"], m["content"]
+        else:
+            raise PromptError(
+                f"message {i} must be a {{'role': ..., 'content': ...}} dict or a (role, content) "
+                f"tuple, got {m!r}"
+            )
+        role = _ROLE_ALIASES.get(role, role)
+        if role not in _ROLES:
+            raise PromptError(
+                f"message {i} has role {role!r}; supported roles are {', '.join(_ROLES)}"
+            )
+        if not isinstance(content, str):
+            raise PromptError(
+                f"message {i} content must be text (str), got {type(content).__name__}; "
+                "images and other content parts are not supported"
+            )
+        out.append({"role": role, "content": content})
+    if not any(m["content"].strip() for m in out if m["role"] != "system"):
+        raise PromptError("the messages have no non-empty user or assistant content")
+    return out
+
+
+def render_prompt(messages: list[Message], spec: ModelSpec, tokenizer: Any) -> tuple[str, bool]:
+    """Return (prompt text, whether the tokenizer should add its special tokens)."""
+    fmt = spec.prompt_format
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if fmt == "auto":
+        fmt = "chat" if has_template else "plain"
+    if spec.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": spec.system_prompt}, *messages]
+
+    if fmt == "raw":
+        return "\n".join(m["content"] for m in messages), True
+    if fmt == "chat":
+        if not has_template:
+            raise PromptError(
+                f"model {spec.name or spec.source!r} has no chat template; use "
+                "prompt_format='plain' (or 'raw') in its ModelSpec"
+            )
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, False
+    # plain turns for base models
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(spec.system_prefix + m["content"])
+        elif m["role"] == "user":
+            parts.append(spec.user_prefix + m["content"])
+        else:
+            parts.append(f"{spec.assistant_prefix} {m['content']}")
+    parts.append(spec.assistant_prefix)
+    return spec.turn_separator.join(parts), True

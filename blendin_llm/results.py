@@ -1,0 +1,114 @@
+"""What a generation returns: pydantic models, serialisable with ``.model_dump()``."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="tokens of the base model's prompt")
+    completion_tokens: int = Field(description="tokens generated (decoding steps, EOS included)")
+    total_tokens: int
+    guide_tokens_computed: int = Field(
+        0, description="tokens the guides ran a forward pass over (prompt and catch-up included)"
+    )
+
+
+class TraceEntry(BaseModel):
+    """One decoding step (only with ``trace=True``)."""
+
+    index: int
+    token_id: int
+    text: str = Field(description="text this token released (may be '' while held back)")
+    source: Literal["base", "blend"] = Field(
+        description="'base': the base was confident and decided alone; 'blend': the guides were "
+        "consulted and the strategy combined the distributions"
+    )
+    alpha: Optional[float] = Field(None, description="mean guide weight at this step")
+    base_top1: float = Field(description="the base's top-1 probability")
+    base_prob: float = Field(description="the base's probability of the chosen token")
+    guide_prob: Optional[float] = Field(
+        None, description="the guides' (mean) probability of the chosen token"
+    )
+    prob: float = Field(description="probability of the chosen token in the final distribution")
+
+
+class GuideStats(BaseModel):
+    """Per-guide signals, over the steps where the guides were consulted."""
+
+    name: str
+    consulted: int
+    mean_alpha: Optional[float] = None
+    mean_weight: Optional[float] = Field(
+        None, description="share of the final distribution this guide had (alpha / n_guides)"
+    )
+    agreement_top1: Optional[float] = None
+    agreement_topk: Optional[float] = None
+    mean_top1: Optional[float] = Field(None, description="the guide's mean top-1 probability")
+    mean_divergence: Optional[float] = Field(
+        None, description="mean Jensen-Shannon divergence to the base, in bits ([0, 1])"
+    )
+
+
+class ScoreComponents(BaseModel):
+    confidence: float
+    stability: float
+    consensus: float
+
+
+class Reliability(BaseModel):
+    """How far to trust one response. Every field is documented in the README."""
+
+    strategy: str
+    tokens: int
+    interventions: int
+    intervention_rate: float
+    mean_alpha: Optional[float] = None
+    agreement_top1: Optional[float] = None
+    agreement_topk: Optional[float] = None
+    agreement_k: int
+    mean_base_top1: Optional[float] = None
+    mean_divergence: Optional[float] = None
+    mean_logprob: Optional[float] = Field(
+        None, description="mean log-probability of the emitted tokens in the final distribution"
+    )
+    base_mean_logprob: Optional[float] = Field(
+        None, description="mean log-probability of the emitted tokens under the base alone"
+    )
+    guides: list[GuideStats] = Field(default_factory=list)
+    score: float
+    components: ScoreComponents
+    flagged: bool
+    reasons: list[str] = Field(default_factory=list)
+    trace: Optional[list[TraceEntry]] = None
+
+
+class BlendResult(BaseModel):
+    text: str
+    finish_reason: Literal["stop", "length"]
+    stop_sequence: Optional[str] = Field(
+        None, description="the stop string that ended generation, or the EOS token's text"
+    )
+    token_ids: list[int]
+    usage: Usage
+    reliability: Reliability
+    model: str
+    elapsed_s: float
+
+
+class StreamEvent(BaseModel):
+    """One event of ``BlendedLLM.stream``: a token's released text, or (``done``) the final result.
+
+    The ``text`` of all events concatenated equals ``result.text``.
+    """
+
+    text: str
+    token_id: Optional[int] = None
+    index: Optional[int] = None
+    consulted: bool = False
+    alpha: Optional[float] = None
+    prob: Optional[float] = None
+    done: bool = False
+    result: Optional[BlendResult] = None

@@ -1,0 +1,150 @@
+"""Strategies turn the base's and the guides' next-token distributions into one distribution.
+
+Each strategy has two small jobs, in the spirit of transformers' LogitsProcessors:
+
+* ``consult(base_top1)``: whether the guides are asked at this step (they run only when asked);
+* ``alphas(view)``: one weight per guide in [0, 1].
+
+All the mixture strategies then share one rule (``Strategy.combine``): with G guides,
+
+    p = (1/G) * sum_i [ alpha_i * p_guide_i + (1 - alpha_i) * p_base ]
+
+the average of the pairwise blends. With one guide this is exactly BlendIn's
+``p = alpha * p_guide + (1 - alpha) * p_base``. A strategy whose rule is not a mixture (proxy-tuning,
+for example) overrides ``combine``. New strategies register themselves with ``@register_strategy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from .config import BlendConfig
+
+_REGISTRY: dict[str, type["Strategy"]] = {}
+
+
+def register_strategy(cls: type["Strategy"]) -> type["Strategy"]:
+    """Class decorator: make a strategy selectable by its ``name`` in ``BlendConfig``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_strategies() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_strategy(config: "BlendConfig") -> "Strategy":
+    return _REGISTRY[config.strategy](config)
+
+
+@dataclass
+class StepView:
+    """What a strategy may look at when the guides were consulted (all in the base's token space).
+
+    base_probs: [V]; guide_probs: [G, V]; base_top1: scalar tensor; guide_top1: [G] (each guide's
+    top-1 probability); guide_argmax: [G]; base_at_guide_top: [G] = p_base(argmax of guide i).
+    """
+
+    base_probs: torch.Tensor
+    guide_probs: torch.Tensor
+    base_top1: torch.Tensor
+    guide_top1: torch.Tensor
+    guide_argmax: torch.Tensor
+    base_at_guide_top: torch.Tensor
+
+
+class Strategy:
+    """Base class. Subclasses set ``name`` and override ``consult`` and ``alphas``."""
+
+    name: ClassVar[str] = ""
+    requires_guide: ClassVar[bool] = True
+
+    def __init__(self, config: "BlendConfig") -> None:
+        self.gamma = float(config.gamma)
+        self.alpha = config.alpha
+
+    def consult(self, base_top1: float) -> bool:
+        """Whether the guides are asked at this step, given the base's top-1 probability."""
+        return base_top1 < self.gamma
+
+    def alphas(self, view: StepView) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (distribution [V], alphas [G])."""
+        a = self.alphas(view).to(view.guide_probs.dtype)
+        g = a.shape[0]
+        mixed = (a / g) @ view.guide_probs
+        mixed = mixed + (1.0 - a.mean()) * view.base_probs
+        return mixed, a
+
+
+@register_strategy
+class BaseOnly(Strategy):
+    """The base model alone; the guides are never run."""
+
+    name = "base_only"
+    requires_guide = False
+
+    def consult(self, base_top1: float) -> bool:
+        return False
+
+
+@register_strategy
+class GuideOnly(Strategy):
+    """The guides alone (averaged when there are several), at every step."""
+
+    name = "guide_only"
+
+    def consult(self, base_top1: float) -> bool:
+        return True
+
+    def alphas(self, view: StepView) -> torch.Tensor:
+        return torch.ones_like(view.guide_top1)
+
+
+@register_strategy
+class Nudging(Strategy):
+    """Binary intervention: when the base's top-1 probability is below gamma, the guides decide."""
+
+    name = "nudging"
+
+    def alphas(self, view: StepView) -> torch.Tensor:
+        return torch.ones_like(view.guide_top1)
+
+
+@register_strategy
+class BlendIn(Strategy):
+    """When the base is unsure (top-1 < gamma), blend; alpha fixed or ``"auto"``:
+
+    alpha_i = clip(m_g_i / (m_b + m_g_i) + 0.1 * p_base(argmax guide_i), 0, 1)
+
+    where m is each model's top-1 probability. Each guide gets its own alpha from its own
+    confidence and its agreement with the base.
+    """
+
+    name = "blendin"
+
+    def alphas(self, view: StepView) -> torch.Tensor:
+        if self.alpha != "auto":
+            return torch.full_like(view.guide_top1, float(self.alpha))
+        conf = view.guide_top1 / (view.base_top1 + view.guide_top1)
+        return (conf + 0.1 * view.base_at_guide_top).clamp(0.0, 1.0)
+
+
+@register_strategy
+class Ensemble(Strategy):
+    """Every step, the plain average of the base and all guides (each model weighs 1/(G+1))."""
+
+    name = "ensemble"
+
+    def consult(self, base_top1: float) -> bool:
+        return True
+
+    def alphas(self, view: StepView) -> torch.Tensor:
+        g = view.guide_top1.shape[0]
+        return torch.full_like(view.guide_top1, g / (g + 1.0))

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
+
+from tiny import make_model, make_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def chat_tok():
+    return make_tokenizer(chat=True)
+
+
+@pytest.fixture(scope="session")
+def base_model(tok):
+    return make_model(tok, seed=0)
+
+
+@pytest.fixture(scope="session")
+def guide_model(tok):
+    return make_model(tok, seed=1, hidden=48)
+
+
+@pytest.fixture(scope="session")
+def guide2_model(tok):
+    return make_model(tok, seed=2)
+
+
+@pytest.fixture
+def make_llm(base_model, guide_model, tok):
+    """BlendedLLM over the tiny pair; both models read the prompt verbatim by default."""
+
+    def make(config=None, guides=None, base_format="raw", guide_format="raw", **cfg):
+        base = ModelSpec(model=base_model, tokenizer=tok, prompt_format=base_format, name="base")
+        if guides is None:
+            guides = [ModelSpec(model=guide_model, tokenizer=tok, prompt_format=guide_format,
+                                name="guide")]
+        return BlendedLLM(base, guides, config or BlendConfig(**cfg))
+
+    return make
+
+
+def hf_greedy(model, tok, prompt, n):
+    ids = torch.tensor([tok(prompt).input_ids])
+    out = model.generate(ids, do_sample=False, max_new_tokens=n, pad_token_id=tok.pad_token_id,
+                         eos_token_id=None, min_new_tokens=0)
+    return out[0, ids.shape[1]:].tolist()
