@@ -1,5 +1,6 @@
 """Decoding correctness: equivalence with transformers, caching, strategies and their limits."""
 
+import pytest
 import torch
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
@@ -112,6 +113,33 @@ def test_several_guides_each_get_their_own_alpha(make_llm, guide_model, guide2_m
     a1, a2 = (g.mean_alpha for g in res.reliability.guides)
     assert a1 != a2
     assert abs(res.reliability.mean_alpha - (a1 + a2) / 2) < 1e-9
+
+
+def _first_step_probs(tok, *models):
+    ids = torch.tensor([tok(PROMPT).input_ids])
+    with torch.no_grad():
+        return [m(ids).logits[0, -1].float().softmax(-1) for m in models]
+
+
+def test_auto_alpha_is_the_papers_formula_per_guide(make_llm, base_model, guide_model,
+                                                     guide2_model, tok):
+    pb, pg1, pg2 = _first_step_probs(tok, base_model, guide_model, guide2_model)
+
+    def alpha(pg):
+        return float((pg.max() / (pb.max() + pg.max()) + 0.1 * pb[pg.argmax()]).clamp(0, 1))
+
+    a1, a2 = alpha(pg1), alpha(pg2)
+    one = make_llm(gamma=2.0).generate(PROMPT, max_new_tokens=1, trace=True)
+    assert one.reliability.mean_alpha == pytest.approx(a1, abs=1e-6)
+    guides = [ModelSpec(model=m, tokenizer=tok, prompt_format="raw", name=n)
+              for m, n in ((guide_model, "g1"), (guide2_model, "g2"))]
+    two = make_llm(guides=guides, gamma=2.0).generate(PROMPT, max_new_tokens=1, trace=True)
+    assert [g.mean_alpha for g in two.reliability.guides] == pytest.approx([a1, a2], abs=1e-6)
+    # p = 1/2 [a1 pg1 + (1 - a1) pb] + 1/2 [a2 pg2 + (1 - a2) pb]
+    mixed = 0.5 * (a1 * pg1 + (1 - a1) * pb) + 0.5 * (a2 * pg2 + (1 - a2) * pb)
+    step = two.reliability.trace[0]
+    assert step.token_id == int(mixed.argmax())
+    assert step.prob == pytest.approx(float(mixed.max()), abs=1e-6)
 
 
 def test_ensemble_and_nudging_follow_their_rules(make_llm, base_model, guide_model, tok):

@@ -113,11 +113,13 @@ def test_eos_of_base_ends_generation(base_model, tok, free_run):
     assert res.text == tok.decode(free.token_ids[:first])
 
 
-def test_eos_of_guide_ends_generation_only_when_the_guide_was_consulted(make_llm, guide_model):
+def test_eos_of_guide_ends_generation_only_when_the_guide_was_consulted(make_llm, guide_model,
+                                                                          free_run):
+    _, base_run = free_run
     guided = make_llm(strategy="guide_only").generate(PROMPT, max_new_tokens=30)
     eos = guided.token_ids[3]
     first = guided.token_ids.index(eos)
-    old = _with_eos(guide_model, eos)
+    old = _with_eos(guide_model, [eos, base_run.token_ids[2]])
     try:
         llm = make_llm()
         stopped = llm.generate(PROMPT, max_new_tokens=30, strategy="guide_only")
@@ -126,4 +128,6 @@ def test_eos_of_guide_ends_generation_only_when_the_guide_was_consulted(make_llm
         _with_eos(guide_model, old)
     assert stopped.token_ids == guided.token_ids[: first + 1]
     assert stopped.finish_reason == "stop"
+    # the base emitted the guide's EOS token itself: that does not end the answer
+    assert ignored.token_ids == base_run.token_ids
     assert ignored.reliability.interventions == 0 and ignored.finish_reason == "length"
