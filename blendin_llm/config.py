@@ -98,6 +98,7 @@ class SamplingParams:
 
     Sampling applies to the final (blended) distribution: temperature, then top-k, then top-p.
     A ``seed`` makes sampled output reproducible, independent of other calls and threads.
+    ``ignore_eos`` keeps generating past EOS tokens (for benchmarks; stop strings still apply).
     """
 
     max_new_tokens: int = 128
@@ -106,6 +107,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         E = GenerationArgumentError

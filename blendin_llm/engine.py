@@ -86,8 +86,9 @@ class Generation:
         self.base_state = base.new_state()
         self.guides = [_Guide(g, ids) for g, ids in zip(guides, prompt_ids[1:])]
         self.vocab = base.logits_width
-        self.base_eos = base.eos_token_ids
-        self.guide_eos = frozenset().union(*(g.eos_token_ids for g in guides))
+        no_eos = params.ignore_eos
+        self.base_eos = frozenset() if no_eos else base.eos_token_ids
+        self.guide_eos = frozenset().union(*(() if no_eos else g.eos_token_ids for g in guides))
         self.generated: list[int] = []
         self.guide_tokens = 0
         self.detok = IncrementalDetokenizer(base.tokenizer)

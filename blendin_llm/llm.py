@@ -151,6 +151,7 @@ class BlendedLLM:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         trace: bool = False,
+        ignore_eos: bool = False,
         **config_overrides: Any,
     ) -> Iterator[StreamEvent]:
         """Yield one event per token (``event.text`` is the released text); the last event has
@@ -161,7 +162,7 @@ class BlendedLLM:
         """
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, top_k=top_k, seed=seed,
-                                stop=() if stop is None else stop)
+                                stop=() if stop is None else stop, ignore_eos=ignore_eos)
         config = self._resolve_config(config_overrides)
         gen = self._prepare(prompt, params, config, trace)
         return self._locked(gen)

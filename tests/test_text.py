@@ -131,3 +131,16 @@ def test_eos_of_guide_ends_generation_only_when_the_guide_was_consulted(make_llm
     # the base emitted the guide's EOS token itself: that does not end the answer
     assert ignored.token_ids == base_run.token_ids
     assert ignored.reliability.interventions == 0 and ignored.finish_reason == "length"
+
+
+def test_ignore_eos_generates_past_eos(base_model, tok, free_run):
+    _, free = free_run
+    old = _with_eos(base_model, free.token_ids[2])
+    try:
+        llm = BlendedLLM(ModelSpec(model=base_model, tokenizer=tok, prompt_format="raw"),
+                         config=BlendConfig(strategy="base_only"))
+        assert len(llm.generate(PROMPT, max_new_tokens=30).token_ids) == 3
+        res = llm.generate(PROMPT, max_new_tokens=30, ignore_eos=True)
+    finally:
+        _with_eos(base_model, old)
+    assert res.token_ids == free.token_ids and res.finish_reason == "length"
