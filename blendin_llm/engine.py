@@ -25,19 +25,77 @@ from .results import BlendResult, StreamEvent, TraceEntry, Usage
 from .sampling import sample
 from .strategies import StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
+from .vocab import GuideStream, VocabMap
 
 _EPS = 1e-20
 
 
 class _Guide:
-    """One guide within one sequence: its state and the tokens it has not consumed yet."""
+    """A guide that shares the base's vocabulary: it consumes the committed token ids themselves.
 
-    __slots__ = ("backend", "state", "pending")
+    Tokens chosen while it is not consulted wait in ``pending`` and are consumed, with its prompt on
+    first use, in one forward pass when it is next consulted."""
+
+    __slots__ = ("backend", "state", "pending", "eos")
 
     def __init__(self, backend: ModelBackend, prompt_ids: list[int]) -> None:
         self.backend = backend
         self.state: SequenceState = backend.new_state()
         self.pending: list[int] = list(prompt_ids)
+        self.eos = backend.eos_token_ids
+
+    def push(self, token: int) -> None:
+        self.pending.append(token)
+
+    def probs(self, answer_text: str, width: int) -> tuple[torch.Tensor, int]:
+        """Catch up on everything not seen yet; (distribution over base ids [width], tokens run)."""
+        n = len(self.pending)
+        logits = self.backend.forward(self.state, self.pending)
+        self.pending = []
+        probs = torch.softmax(logits, -1)
+        if probs.shape[0] > width:  # ids past the base's width are padding: renormalise without
+            probs = probs[:width] / probs[:width].sum()
+        elif probs.shape[0] < width:
+            probs = torch.nn.functional.pad(probs, (0, width - probs.shape[0]))
+        return probs, n
+
+
+class _CrossVocabGuide:
+    """A guide with its own vocabulary: it reads the committed answer as text, in its own tokens.
+
+    When consulted it re-tokenizes only the tail of the answer (``GuideStream``), rolls its KV cache
+    back to the first token that changed, runs one forward pass over the new tokens, and carries its
+    distribution into the base's token space through the pair's ``VocabMap``."""
+
+    __slots__ = ("backend", "state", "prompt", "stream", "vmap", "eos", "last")
+
+    def __init__(self, backend: ModelBackend, prompt_ids: list[int], vmap: VocabMap) -> None:
+        self.backend = backend
+        self.state: SequenceState = backend.new_state()
+        self.prompt = list(prompt_ids)
+        self.stream = GuideStream(backend.tokenizer)
+        self.vmap = vmap
+        m = vmap.guide_to_base
+        self.eos = frozenset(int(m[e]) for e in backend.eos_token_ids if e < m.shape[0])
+        self.last: torch.Tensor | None = None
+
+    def push(self, token: int) -> None:
+        pass  # it follows the text, not the base's token ids
+
+    def probs(self, answer_text: str, width: int) -> tuple[torch.Tensor, int]:
+        keep = len(self.prompt) + self.stream.update(answer_text)
+        fed = len(self.state)
+        if fed > keep:
+            self.backend.rollback(self.state, keep)
+            fed = keep
+        wanted = self.prompt + self.stream.ids
+        new = wanted[fed:]
+        if not new and self.last is None:  # nothing new but no distribution yet: recompute one
+            self.backend.rollback(self.state, fed - 1)
+            new = wanted[fed - 1 : fed]
+        if new:
+            self.last = torch.softmax(self.backend.forward(self.state, new), -1)
+        return self.vmap.project(self.last, width), len(new)
 
 
 @dataclass
@@ -68,6 +126,7 @@ class Generation:
         *,
         base: ModelBackend,
         guides: list[ModelBackend],
+        vocab_maps: list[VocabMap | None],
         strategy: Strategy,
         config: BlendConfig,
         params: SamplingParams,
@@ -84,11 +143,15 @@ class Generation:
         self.model_name = model_name
         self.base_prompt = prompt_ids[0]
         self.base_state = base.new_state()
-        self.guides = [_Guide(g, ids) for g, ids in zip(guides, prompt_ids[1:])]
+        self.guides = [
+            _Guide(g, ids) if vm is None else _CrossVocabGuide(g, ids, vm)
+            for g, ids, vm in zip(guides, prompt_ids[1:], vocab_maps)
+        ]
+        self.answer_text = ""  # the decoded answer so far, as cross-vocabulary guides read it
         self.vocab = base.logits_width
         no_eos = params.ignore_eos
         self.base_eos = frozenset() if no_eos else base.eos_token_ids
-        self.guide_eos = frozenset().union(*(() if no_eos else g.eos_token_ids for g in guides))
+        self.guide_eos = frozenset().union(*(() if no_eos else g.eos for g in self.guides))
         self.generated: list[int] = []
         self.guide_tokens = 0
         self.detok = IncrementalDetokenizer(base.tokenizer)
@@ -108,7 +171,7 @@ class Generation:
         self._base_logits = self.base.forward(self.base_state, ids)
         if last_token is not None:
             for g in self.guides:
-                g.pending.append(last_token)
+                g.push(last_token)
 
     @torch.inference_mode()
     def _choose(self) -> _Choice:
@@ -125,24 +188,15 @@ class Generation:
         p = math.exp(lp)
         return _Choice(int(token), p, p, base_top1, consulted=False)
 
-    def _guide_probs(self, g: _Guide) -> torch.Tensor:
-        """Catch the guide up on everything it has not seen, in one forward; its distribution
-        in the base's token space."""
-        self.guide_tokens += len(g.pending)
-        logits = g.backend.forward(g.state, g.pending)
-        g.pending = []
-        probs = torch.softmax(logits, -1)
-        v = self.vocab
-        if probs.shape[0] > v:  # ids past the base's width are padding: renormalise without them
-            probs = probs[:v] / probs[:v].sum()
-        elif probs.shape[0] < v:
-            probs = torch.nn.functional.pad(probs, (0, v - probs.shape[0]))
-        return probs
-
     def _blend(self, logp: torch.Tensor, top_lp: torch.Tensor, top_id: torch.Tensor,
                base_top1: float) -> _Choice:
         p_base = logp.exp()
-        guide_probs = torch.stack([self._guide_probs(g) for g in self.guides])
+        guide_probs = []
+        for g in self.guides:
+            probs, ran = g.probs(self.answer_text, self.vocab)
+            guide_probs.append(probs)
+            self.guide_tokens += ran
+        guide_probs = torch.stack(guide_probs)
         g_top1, g_arg = guide_probs.max(-1)
         view = StepView(p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg])
         mixed, alphas = self.strategy.combine(view)
@@ -182,6 +236,7 @@ class Generation:
                 hit = None
             else:
                 delta = self.detok.push(c.token)
+                self.answer_text += delta
                 emit, hit = self.stops.push(delta)
             if trace is not None:
                 trace.append(TraceEntry(

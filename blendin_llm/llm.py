@@ -15,6 +15,7 @@ from .errors import ConfigError, IncompatibleModelsError, PromptError
 from .prompts import PromptLike, normalize_messages
 from .results import BlendResult, StreamEvent
 from .strategies import get_strategy
+from .vocab import VocabMap, vocab_map
 
 ModelLike = Union[str, ModelSpec, ModelBackend, tuple]
 
@@ -60,6 +61,10 @@ class BlendedLLM:
     >>> res = llm.generate("Why is the sky blue?", max_new_tokens=64)
     >>> res.text, res.reliability.flagged
 
+    ``cross_vocab``: "auto" blends guides with another tokenizer through a token map and keeps
+    same-tokenizer guides on the fast path (shared token ids); "always" sends every guide through
+    the cross-vocabulary path (for testing and comparison).
+
     One instance may be shared by many threads: calls run one at a time and each gives the output
     it would give alone. A ``stream()`` holds the instance until it is exhausted or closed.
     """
@@ -71,33 +76,34 @@ class BlendedLLM:
         config: BlendConfig | None = None,
         *,
         name: str | None = None,
+        cross_vocab: str = "auto",
     ) -> None:
         self.config = config if config is not None else BlendConfig()
         if not isinstance(self.config, BlendConfig):
             raise ConfigError("config must be a BlendConfig")
         self.base = load_backend(base)
         self.guides = [load_backend(g) for g in _as_guide_list(guides)]
-        self._check_models()
+        if cross_vocab not in ("auto", "always"):
+            raise ConfigError(f"cross_vocab must be 'auto' or 'always', got {cross_vocab!r}")
+        self.vocab_maps = self._check_models(force_cross=cross_vocab == "always")
         self._check_config(self.config)
         self.name = name or "+".join([self.base.name, *(g.name for g in self.guides)])
         self._lock = threading.Lock()
 
     # -- checks ----------------------------------------------------------------------------
-    def _check_models(self) -> None:
-        base_vocab = None
+    def _check_models(self, force_cross: bool) -> list[VocabMap | None]:
+        """Same device for all; a VocabMap for each guide whose vocabulary differs (or all)."""
+        maps: list[VocabMap | None] = []
+        base_vocab = self.base.vocab() if self.guides else None
         for g in self.guides:
             if g.device != self.base.device:
                 raise IncompatibleModelsError(
                     f"guide {g.name!r} is on {g.device} but the base is on {self.base.device}; "
                     "put every model on the same device (ModelSpec(device=...) or model.to(...))"
                 )
-            base_vocab = base_vocab or self.base.vocab()
-            if g.vocab() != base_vocab:
-                raise IncompatibleModelsError(
-                    f"guide {g.name!r} has a different vocabulary from the base {self.base.name!r} "
-                    f"({len(g.vocab())} vs {len(base_vocab)} tokens). This release blends guides "
-                    "that share the base's tokenizer; choose a guide of the same model family."
-                )
+            shared = g.vocab() == base_vocab
+            maps.append(None if shared and not force_cross else vocab_map(g, self.base))
+        return maps
 
     def _check_config(self, config: BlendConfig) -> None:
         if get_strategy(config).requires_guide and not self.guides:
@@ -135,7 +141,7 @@ class BlendedLLM:
                     )
                 budget = min(budget, ctx - len(ids))
         return Generation(
-            base=self.base, guides=self.guides, strategy=get_strategy(config), config=config,
+            base=self.base, guides=self.guides, vocab_maps=self.vocab_maps, strategy=get_strategy(config), config=config,
             params=params, prompt_ids=prompt_ids, budget=budget, model_name=self.name,
             trace=trace,
         )

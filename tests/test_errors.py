@@ -100,11 +100,13 @@ def test_strategy_needing_a_guide_without_one(base_model, tok):
     assert llm.generate(PROMPT, max_new_tokens=3).usage.completion_tokens == 3
 
 
-def test_guide_with_another_vocabulary_is_rejected(base_model, tok):
+def test_guide_with_another_vocabulary_is_blended_across_vocabularies(base_model, tok):
     other_tok = make_tokenizer(vocab_size=300)
     other = make_model(other_tok, seed=5)
-    with pytest.raises(IncompatibleModelsError, match="different vocabulary"):
-        BlendedLLM((base_model, tok), [(other, other_tok)])
+    llm = BlendedLLM((base_model, tok), [(other, other_tok)])
+    assert llm.vocab_maps[0] is not None
+    with pytest.raises(ConfigError, match="cross_vocab"):
+        BlendedLLM((base_model, tok), [(other, other_tok)], cross_vocab="sometimes")
 
 
 def test_guide_on_another_device_is_rejected(tok):

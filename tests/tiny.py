@@ -47,3 +47,38 @@ def make_model(tokenizer, seed: int, hidden: int = 32, layers: int = 2, init: fl
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
+
+
+def make_char_tokenizer():
+    """One token per printable ASCII character and no merges: every text has exactly one
+    tokenization, so any token sequence a model emits is the canonical one."""
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.decoder = decoders.Fuse()
+    tk.add_special_tokens(["<eos>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<eos>")
+
+
+def make_sentencepiece_tokenizer(vocab_size: int = 500, corpus=CORPUS):
+    """A SentencePiece-style tokenizer (Metaspace '▁' words, byte fallback), unlike the byte-level
+    BPE of make_tokenizer: the pair needs cross-vocabulary blending."""
+    import json
+
+    tk = Tokenizer(models.BPE(byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<bos>"],
+                                  show_progress=False)
+    tk.train_from_iterator(corpus * 20, trainer)
+    model = json.loads(tk.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    sp = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
+    sp.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                    decoders.Fuse()])
+    sp.add_special_tokens(["<eos>", "<bos>"])
+    return PreTrainedTokenizerFast(tokenizer_object=sp, eos_token="<eos>", bos_token="<bos>",
+                                   pad_token="<eos>")

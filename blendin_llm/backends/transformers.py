@@ -45,6 +45,9 @@ class TransformersBackend(ModelBackend):
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "TransformersBackend":
+        from ..sources import resolve_spec, unknown_source_hint
+
+        spec = resolve_spec(spec)
         if spec.model is not None:
             return cls(spec.model, spec.tokenizer, spec)
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,7 +68,8 @@ class TransformersBackend(ModelBackend):
             raise ModelLoadError(
                 f"could not load model {spec.source!r}: {exc}. Pass a local directory with "
                 "config.json, tokenizer files and weights, a hub id where a hub is reachable, "
-                "or an already-loaded (model, tokenizer) pair."
+                "a .gguf file, a preset name, or an already-loaded (model, tokenizer) pair."
+                + unknown_source_hint(spec.source)
             ) from exc
         return cls(model, tokenizer, spec)
 

@@ -1,0 +1,211 @@
+"""Blending across vocabularies.
+
+Two pieces, both built once per (guide, base) pair:
+
+* ``VocabMap`` carries a guide's next-token distribution into the base's token space. Every guide
+  token goes to exactly one base token, so no probability mass is ever dropped:
+    1. a base token whose bytes are identical (``" the"`` <- ``"Ġthe"`` / ``"▁the"``);
+    2. otherwise the base token whose bytes are the longest prefix of the guide token's bytes
+       (what the base would most likely start that text with; byte-fallback vocabularies always have
+       one), else the first token of the base's own tokenization of that text;
+    3. special tokens go to the base's special token with the same text, else to the base's EOS.
+* ``GuideStream`` keeps the guide's own tokenization of the committed answer text up to date: it
+  re-tokenizes only a short tail starting at a stable token boundary, and reports how far the
+  guide's KV cache must be rolled back (never the whole text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """The GPT-2 byte-level alphabet: printable stand-in character -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _decoder_types(tokenizer: Any) -> set[str]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return set()
+    dec = json.loads(backend.to_str()).get("decoder") or {}
+    types, stack = set(), [dec]
+    while stack:
+        d = stack.pop()
+        if isinstance(d, dict):
+            types.add(d.get("type"))
+            stack.extend(d.get("decoders") or [])
+    return types
+
+
+def token_bytes(tokenizer: Any) -> tuple[list[bytes | None], dict[int, str]]:
+    """Bytes of every token id (None where the id has no token), and the special tokens' texts."""
+    vocab = tokenizer.get_vocab()
+    width = max(vocab.values()) + 1
+    out: list[bytes | None] = [None] * width
+    byte_level = "ByteLevel" in _decoder_types(tokenizer)
+    bd = _byte_decoder()
+    specials = {
+        i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special
+    }
+    specials.update({i: tokenizer.convert_ids_to_tokens(i) for i in tokenizer.all_special_ids})
+    added = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    for tok, i in vocab.items():
+        if i in specials:
+            continue
+        if i in added:
+            out[i] = added[i].encode()
+        elif byte_level and all(c in bd for c in tok):
+            out[i] = bytes(bd[c] for c in tok)
+        elif (m := _BYTE_TOKEN.fullmatch(tok)) is not None:
+            out[i] = bytes([int(m.group(1), 16)])
+        else:
+            out[i] = tok.replace("\u2581", " ").encode()
+    return out, specials
+
+
+def vocab_fingerprint(tokenizer: Any) -> str:
+    items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+class VocabMap:
+    """Guide token id -> base token id, with the counts of how each was matched."""
+
+    def __init__(self, guide_tokenizer: Any, base_tokenizer: Any, base_eos: int,
+                 guide_width: int) -> None:
+        g_bytes, g_special = token_bytes(guide_tokenizer)
+        b_bytes, b_special = token_bytes(base_tokenizer)
+        index: dict[bytes, int] = {}
+        for i, b in enumerate(b_bytes):
+            if b and b not in index:
+                index[b] = i
+        special_index = {text: i for i, text in b_special.items()}
+        longest = max(map(len, index), default=1)
+        mapping = [base_eos] * max(guide_width, len(g_bytes))
+        self.exact = self.prefix = self.retokenized = self.special = 0
+        for g, b in enumerate(g_bytes):
+            if g in g_special:
+                mapping[g] = special_index.get(g_special[g], base_eos)
+                self.special += 1
+            elif b is None or not b:
+                continue  # an id with no token (padding): it gets no probability in practice
+            elif b in index:
+                mapping[g] = index[b]
+                self.exact += 1
+            else:
+                for n in range(min(len(b) - 1, longest), 0, -1):
+                    hit = index.get(b[:n])
+                    if hit is not None:
+                        mapping[g] = hit
+                        self.prefix += 1
+                        break
+                else:
+                    ids = base_tokenizer(b.decode("utf-8", "replace"),
+                                         add_special_tokens=False)["input_ids"]
+                    mapping[g] = ids[0] if ids else base_eos
+                    self.retokenized += 1
+        self.guide_to_base = torch.tensor(mapping, dtype=torch.long)
+
+    def to(self, device: torch.device) -> "VocabMap":
+        self.guide_to_base = self.guide_to_base.to(device)
+        return self
+
+    def project(self, guide_probs: torch.Tensor, base_width: int) -> torch.Tensor:
+        """A guide distribution [guide width] as a distribution over the base's ids [base width]."""
+        n = guide_probs.shape[0]
+        out = torch.zeros(base_width, dtype=guide_probs.dtype, device=guide_probs.device)
+        return out.index_add_(0, self.guide_to_base[:n], guide_probs)
+
+    def stats(self) -> dict[str, int]:
+        return {"exact": self.exact, "prefix": self.prefix, "retokenized": self.retokenized,
+                "special": self.special}
+
+
+_MAPS: dict[tuple[str, str, int], VocabMap] = {}
+
+
+def vocab_map(guide: Any, base: Any) -> VocabMap:
+    """The VocabMap of a (guide, base) pair of backends, built once per pair of vocabularies."""
+    eos = min(base.eos_token_ids) if base.eos_token_ids else 0
+    key = (vocab_fingerprint(guide.tokenizer), vocab_fingerprint(base.tokenizer), eos)
+    if key not in _MAPS:
+        _MAPS[key] = VocabMap(guide.tokenizer, base.tokenizer, eos, guide.logits_width)
+    return _MAPS[key].to(base.device)
+
+
+class GuideStream:
+    """The guide's tokenization of the answer text, brought up to date incrementally.
+
+    ``update(text)`` re-tokenizes ``text`` from a stable boundary at least ``back`` tokens before
+    the end (a token boundary whose text both neighbours agree on) and returns the number of leading
+    answer tokens that are unchanged. Appending text never changes tokens before that boundary in
+    practice; where re-tokenizing the tail does not reproduce the tail's text, the whole answer is
+    re-tokenized instead, so the result is always a faithful tokenization of ``text``.
+    """
+
+    __slots__ = ("tokenizer", "ids", "ends", "text", "back", "full_encodes")
+
+    def __init__(self, tokenizer: Any, back: int = 4) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.ends: list[int] = []  # character offset where each token's text ends
+        self.text = ""
+        self.back = back
+        self.full_encodes = 0
+
+    def _encode(self, text: str, offset: int) -> tuple[list[int], list[int]] | None:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = enc["input_ids"], enc["offset_mapping"]
+        ends = [offset + e for _, e in spans]
+        for k in range(1, len(spans)):
+            if spans[k][0] < spans[k - 1][1]:  # a character split across tokens: keep as is
+                ends[k - 1] = -1
+        if self.tokenizer.decode(ids) != text:
+            return None
+        return ids, ends
+
+    def update(self, text: str) -> int:
+        """Bring the tokenization up to ``text`` (which extends the previous text); return how many
+        leading tokens are unchanged."""
+        if text == self.text:
+            return len(self.ids)
+        j = max(0, len(self.ids) - self.back)
+        while j > 0 and (self.ends[j - 1] < 0 or not text.startswith(self.text[: self.ends[j - 1]])):
+            j -= 1
+        start = self.ends[j - 1] if j else 0
+        enc = self._encode(text[start:], start)
+        if enc is None and start:  # the tail did not re-tokenize faithfully: encode everything
+            self.full_encodes += 1
+            j, start = 0, 0
+            enc = self._encode(text, 0)
+        if enc is None:  # a tokenizer that normalizes text: take its tokens as they are
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            enc = ids, [-1] * len(ids)
+        ids, ends = enc
+        new_ids = self.ids[:j] + ids
+        keep = j
+        while keep < min(len(self.ids), len(new_ids)) and self.ids[keep] == new_ids[keep]:
+            keep += 1
+        self.ids = new_ids
+        self.ends = self.ends[:j] + ends
+        self.text = text
+        return keep

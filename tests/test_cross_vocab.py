@@ -1,0 +1,132 @@
+"""Cross-vocabulary blending: token map, incremental guide tokenization, and the engine path."""
+
+import pytest
+import torch
+
+from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
+from blendin_llm.engine import _CrossVocabGuide
+from blendin_llm.backends import TransformersBackend
+from blendin_llm.vocab import GuideStream, VocabMap, token_bytes
+
+from tiny import make_char_tokenizer, make_model, make_sentencepiece_tokenizer, make_tokenizer
+
+PROMPT = "User: hello there\nAssistant:"
+
+
+@pytest.fixture(scope="module")
+def sp_tok():
+    return make_sentencepiece_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def char_pair():
+    tok = make_char_tokenizer()
+    return tok, make_model(tok, seed=0, init=0.3), make_model(tok, seed=1, hidden=48, init=0.3)
+
+
+def test_forced_cross_vocab_path_equals_same_vocab_path(char_pair):
+    tok, base, guide = char_pair
+    spec = lambda m, n: ModelSpec(model=m, tokenizer=tok, prompt_format="raw", name=n)  # noqa
+    for kw in (dict(gamma=0.5), dict(gamma=2.0), dict(gamma=0.5, temperature=0.8, seed=3),
+               dict(strategy="guide_only"), dict(gamma=0.5, alpha=0.7)):
+        fast = BlendedLLM(spec(base, "b"), [spec(guide, "g")], BlendConfig())
+        cross = BlendedLLM(spec(base, "b"), [spec(guide, "g")], BlendConfig(), cross_vocab="always")
+        assert fast.vocab_maps == [None] and cross.vocab_maps[0] is not None
+        a = fast.generate(PROMPT, max_new_tokens=40, **kw)
+        b = cross.generate(PROMPT, max_new_tokens=40, **kw)
+        assert a.reliability.interventions > 0
+        assert b.token_ids == a.token_ids, kw
+        assert b.text == a.text
+        assert b.reliability.mean_alpha == pytest.approx(a.reliability.mean_alpha, abs=1e-5)
+
+
+def test_vocab_map_between_byte_level_and_sentencepiece(tok, sp_tok):
+    vm = VocabMap(tok, sp_tok, sp_tok.eos_token_id, len(tok))
+    gb, _ = token_bytes(tok)
+    bb, _ = token_bytes(sp_tok)
+    m = vm.guide_to_base.tolist()
+    the_g, the_b = tok.convert_tokens_to_ids("Ġthe"), sp_tok.convert_tokens_to_ids("\u2581the")
+    assert gb[the_g] == bb[the_b] == b" the"
+    assert m[the_g] == the_b  # identical strings match across "Ġ" and "▁" spellings
+    assert vm.exact > 0.5 * len(tok)
+    base_texts = {x for x in bb if x}
+    for g, b in enumerate(gb):
+        if b:  # every mapped token is the same text, or the longest base prefix of it
+            assert b.startswith(bb[m[g]]), (g, b, bb[m[g]])
+            assert not any(b[:n] in base_texts for n in range(len(bb[m[g]]) + 1, len(b) + 1))
+    assert m[tok.convert_tokens_to_ids("<|im_end|>")] == sp_tok.eos_token_id
+    assert m[tok.eos_token_id] == sp_tok.eos_token_id  # same special text
+    assert vm.exact + vm.prefix + vm.retokenized + vm.special == len(tok)
+    # no probability mass is dropped
+    q = torch.rand(len(tok)).softmax(-1)
+    assert vm.project(q, len(sp_tok)).sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.  Double  spaces\tand\ttabs\n\nnew lines",
+    "naïve café 東京 😀 ümlaut — ellipsis… numbers 12345 and 3.14 😀😀 東京東京",
+    "   leading spaces, then words:a,b;c!!  ??",
+]
+
+
+def _pieces(text, tokenizer):
+    """Split text the way a base model commits it: at its own token boundaries, and sometimes in
+    the middle of a multi-byte character (the piece then ends before that character)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    out, prev = [], ""
+    for k in range(1, len(ids) + 1):
+        t = tokenizer.decode(ids[:k])
+        if not t.endswith("\ufffd") and t != prev:
+            out.append(t)
+            prev = t
+    assert out[-1] == text
+    return out
+
+
+@pytest.mark.parametrize("which", ["bytelevel", "sentencepiece"])
+def test_guide_stream_incremental_equals_from_scratch(which, tok, sp_tok):
+    guide_tok, base_tok = (tok, sp_tok) if which == "bytelevel" else (sp_tok, tok)
+    for text in TEXTS:
+        s = GuideStream(guide_tok)
+        for prefix in _pieces(text, base_tok):
+            before = list(s.ids)
+            keep = s.update(prefix)
+            scratch = guide_tok(prefix, add_special_tokens=False).input_ids
+            assert s.ids == scratch, prefix
+            assert before[:keep] == s.ids[:keep]
+        assert s.full_encodes == 0  # re-tokenizing the tail always sufficed
+
+
+def test_guide_distribution_after_incremental_updates_equals_from_scratch(tok, sp_tok):
+    guide = TransformersBackend(make_model(tok, seed=1), tok)
+    base = TransformersBackend(make_model(sp_tok, seed=0), sp_tok)
+    vm = VocabMap(tok, sp_tok, sp_tok.eos_token_id, len(tok))
+    prompt = tok(PROMPT).input_ids
+    g = _CrossVocabGuide(guide, prompt, vm)
+    text = TEXTS[1]
+    for i, prefix in enumerate(_pieces(text, sp_tok)):
+        if i % 3:  # consulted only on some steps: the guide catches up on several pieces at once
+            continue
+        probs, ran = g.probs(prefix, len(sp_tok))
+        with torch.no_grad():
+            ids = prompt + tok(prefix, add_special_tokens=False).input_ids
+            ref = guide.model(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+        torch.testing.assert_close(probs, vm.project(ref, len(sp_tok)), atol=1e-5, rtol=1e-4)
+        assert len(g.state) == len(ids)  # the cache holds exactly the from-scratch tokens
+    # the guide ran each token close to once: only short tails were recomputed
+    assert g.stream.full_encodes == 0
+
+
+def test_cross_vocab_pair_generates_with_text_equal_to_committed_pieces(tok, sp_tok):
+    base = ModelSpec(model=make_model(sp_tok, seed=0), tokenizer=sp_tok, prompt_format="raw",
+                     name="sp-base")
+    guide = ModelSpec(model=make_model(tok, seed=1, hidden=48), tokenizer=tok,
+                      prompt_format="raw", name="bl-guide")
+    llm = BlendedLLM(base, [guide], BlendConfig(gamma=0.6))
+    assert llm.vocab_maps[0] is not None
+    events = list(llm.stream("naïve café 東京", max_new_tokens=40, trace=True))
+    res = events[-1].result
+    assert 0 < res.reliability.interventions
+    assert "".join(e.text for e in events) == res.text
+    assert "".join(t.text for t in res.reliability.trace) == res.text
+    assert res.usage.guide_tokens_computed > 0
