@@ -12,7 +12,7 @@ from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
 from .errors import ConfigError, IncompatibleModelsError, PromptError
-from .prompts import PromptLike, normalize_messages
+from .prompts import PromptLike, normalize_messages, turn_stops
 from .results import BlendResult, StreamEvent
 from .strategies import get_strategy
 from .vocab import VocabMap, vocab_map
@@ -87,6 +87,7 @@ class BlendedLLM:
             raise ConfigError(f"cross_vocab must be 'auto' or 'always', got {cross_vocab!r}")
         self.vocab_maps = self._check_models(force_cross=cross_vocab == "always")
         self._check_config(self.config)
+        self.turn_stops = turn_stops(self.base.spec, self.base.tokenizer)
         self.name = name or "+".join([self.base.name, *(g.name for g in self.guides)])
         self._lock = threading.Lock()
 
@@ -163,12 +164,17 @@ class BlendedLLM:
         """Yield one event per token (``event.text`` is the released text); the last event has
         ``done=True`` and carries the ``BlendResult``. Arguments are checked before this returns.
 
+        A base in the plain prompt format also stops where it would start the next user turn
+        (``"\nUser:"`` with the default prefixes).
+
         ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
         instance's BlendConfig for this call only.
         """
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, top_k=top_k, seed=seed,
                                 stop=() if stop is None else stop, ignore_eos=ignore_eos)
+        if self.turn_stops:
+            params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(config_overrides)
         gen = self._prepare(prompt, params, config, trace)
         return self._locked(gen)

@@ -57,12 +57,23 @@ def normalize_messages(prompt: PromptLike) -> list[Message]:
     return out
 
 
+def resolved_format(spec: ModelSpec, tokenizer: Any) -> str:
+    if spec.prompt_format != "auto":
+        return spec.prompt_format
+    return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+
+
+def turn_stops(spec: ModelSpec, tokenizer: Any) -> tuple[str, ...]:
+    """Stop strings that end an answer where a plain-format model starts the next user turn."""
+    if resolved_format(spec, tokenizer) != "plain" or not spec.user_prefix.strip():
+        return ()
+    return (spec.turn_separator + spec.user_prefix.rstrip(),)
+
+
 def render_prompt(messages: list[Message], spec: ModelSpec, tokenizer: Any) -> tuple[str, bool]:
     """Return (prompt text, whether the tokenizer should add its special tokens)."""
-    fmt = spec.prompt_format
+    fmt = resolved_format(spec, tokenizer)
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    if fmt == "auto":
-        fmt = "chat" if has_template else "plain"
     if spec.system_prompt and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": spec.system_prompt}, *messages]
 

@@ -129,3 +129,19 @@ def test_base_only_reports_base_uncertainty_without_consulting(make_llm):
     r = make_llm(strategy="base_only", gamma=0.4).generate(PROMPT, max_new_tokens=40).reliability
     assert r.interventions == 0
     assert any(reason.startswith("base-uncertain step rate") for reason in r.reasons)
+
+
+def test_plain_format_base_stops_at_the_next_user_turn(base_model, tok):
+    free = BlendedLLM(ModelSpec(model=base_model, tokenizer=tok, prompt_format="raw"),
+                      config=BlendConfig(strategy="base_only"))
+    text = free.generate(PROMPT, max_new_tokens=30).text
+    # a plain-format model whose user prefix is a piece of that free-running text
+    prefix = text[4:7]
+    plain = BlendedLLM(ModelSpec(model=base_model, tokenizer=tok, user_prefix=prefix,
+                                 turn_separator=""),
+                       config=BlendConfig(strategy="base_only"))
+    assert plain.turn_stops == (prefix.rstrip(),)
+    res = plain.generate(PROMPT, max_new_tokens=30)
+    assert res.finish_reason == "stop" and res.stop_sequence == prefix.rstrip()
+    assert prefix.rstrip() not in res.text
+    assert free.turn_stops == ()

