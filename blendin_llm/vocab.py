@@ -82,6 +82,11 @@ def token_bytes(tokenizer: Any) -> tuple[list[bytes | None], dict[int, str]]:
     return out, specials
 
 
+def byte_fallback_ids(tokenizer: Any) -> list[int]:
+    """Ids of the ``<0xNN>`` byte tokens of a SentencePiece-style vocabulary."""
+    return [i for t, i in tokenizer.get_vocab().items() if _BYTE_TOKEN.fullmatch(t)]
+
+
 def vocab_fingerprint(tokenizer: Any) -> str:
     items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -94,9 +99,10 @@ class VocabMap:
                  guide_width: int) -> None:
         g_bytes, g_special = token_bytes(guide_tokenizer)
         b_bytes, b_special = token_bytes(base_tokenizer)
+        byte_fallback = set(byte_fallback_ids(base_tokenizer))
         index: dict[bytes, int] = {}
-        for i, b in enumerate(b_bytes):
-            if b and b not in index:
+        for i, b in enumerate(b_bytes):  # a normal token wins over a byte-fallback token
+            if b and (b not in index or index[b] in byte_fallback and i not in byte_fallback):
                 index[b] = i
         special_index = {text: i for i, text in b_special.items()}
         longest = max(map(len, index), default=1)

@@ -49,6 +49,10 @@ def test_vocab_map_between_byte_level_and_sentencepiece(tok, sp_tok):
     assert gb[the_g] == bb[the_b] == b" the"
     assert m[the_g] == the_b  # identical strings match across "Ġ" and "▁" spellings
     assert vm.exact > 0.5 * len(tok)
+    # a letter maps to the base's letter token, not to its byte-fallback token of the same byte
+    letter_g, letter_b = tok.convert_tokens_to_ids("T"), sp_tok.convert_tokens_to_ids("T")
+    assert bb[sp_tok.convert_tokens_to_ids("<0x54>")] == b"T"
+    assert m[letter_g] == letter_b
     base_texts = {x for x in bb if x}
     for g, b in enumerate(gb):
         if b:  # every mapped token is the same text, or the longest base prefix of it

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One command: set everything up (first run only) and answer a question with the offline default
+# pair, Gemma-3-270M (base) guided by SmolLM2-135M-Instruct, with the reliability report.
+#   bash examples/demo.sh ["your question"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/blendin generate "${1:-What is the capital of France?}" --trace
