@@ -71,9 +71,10 @@ def make_sentencepiece_tokenizer(vocab_size: int = 500, corpus=CORPUS):
                                   show_progress=False)
     tk.train_from_iterator(corpus * 20, trainer)
     model = json.loads(tk.to_str())["model"]
-    vocab = dict(model["vocab"])
-    for b in range(256):
-        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    # as in SentencePiece models, the byte-fallback tokens come first, right after the specials
+    vocab = {"<eos>": 0, "<bos>": 1, **{f"<0x{b:02X}>": 2 + b for b in range(256)}}
+    for t in sorted(model["vocab"], key=model["vocab"].get):
+        vocab.setdefault(t, len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     sp = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
     sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
