@@ -259,7 +259,10 @@ class Generation:
 
         tail = ""
         if stop_seq is None:  # release what was held back: an incomplete character, a stop prefix
-            tail, hit = self.stops.push(self.detok.flush())
+            flushed = self.detok.flush()
+            if trace and flushed:  # held back as an incomplete character until the end
+                trace[-1].text += flushed
+            tail, hit = self.stops.push(flushed)
             if hit is not None:
                 finish, stop_seq = "stop", hit
             else:
