@@ -39,7 +39,11 @@ def _build(base: str, guide: List[str], strategy: str, gamma: float, alpha: str,
     from .config import ModelSpec
     from .llm import BlendedLLM
 
-    guides = [ModelSpec(g, system_prompt=system) for g in (guide or [DEFAULT_GUIDE])]
+    if strategy == "base_only" and not guide:
+        guide = []  # nothing to consult: load no guide
+    elif not guide:
+        guide = [DEFAULT_GUIDE]
+    guides = [ModelSpec(g, system_prompt=system) for g in guide]
     config = BlendConfig(strategy=strategy, gamma=gamma, alpha=_alpha(alpha))
     return BlendedLLM(ModelSpec(base, system_prompt=system), guides, config)
 
