@@ -84,18 +84,23 @@ class _CrossVocabGuide:
 
     def probs(self, answer_text: str, width: int) -> tuple[torch.Tensor, int]:
         keep = len(self.prompt) + self.stream.update(answer_text)
-        fed = len(self.state)
-        if fed > keep:
-            self.backend.rollback(self.state, keep)
-            fed = keep
         wanted = self.prompt + self.stream.ids
-        new = wanted[fed:]
-        if not new and self.last is None:  # nothing new but no distribution yet: recompute one
-            self.backend.rollback(self.state, fed - 1)
-            new = wanted[fed - 1 : fed]
-        if new:
-            self.last = torch.softmax(self.backend.forward(self.state, new), -1)
-        return self.vmap.project(self.last, width), len(new)
+        if keep == len(wanted) == len(self.state) and self.last is not None:
+            return self.last, 0  # the text has not changed since the last consult
+        # the distribution before the answer's last token is needed too (see project_healed):
+        # the forward pass covers at least the last two positions
+        n_last = 2 if self.stream.ids else 1
+        start = min(keep, len(self.state), len(wanted) - n_last)
+        if start < len(self.state):
+            self.backend.rollback(self.state, start)
+        new = wanted[start:]
+        logits = self.backend.forward(self.state, new, n_last)
+        if n_last == 1:
+            self.last = self.vmap.project(torch.softmax(logits, -1), width)
+        else:
+            before, after = torch.softmax(logits, -1)
+            self.last = self.vmap.project_healed(before, after, self.stream.ids[-1], width)
+        return self.last, len(new)
 
 
 @dataclass

@@ -16,6 +16,7 @@ Two pieces, both built once per (guide, base) pair:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -104,35 +105,66 @@ class VocabMap:
         for i, b in enumerate(b_bytes):  # a normal token wins over a byte-fallback token
             if b and (b not in index or index[b] in byte_fallback and i not in byte_fallback):
                 index[b] = i
+        self._index = index
+        self._longest = max(map(len, index), default=1)
+        self._base_tokenizer = base_tokenizer
+        self._eos = base_eos
         special_index = {text: i for i, text in b_special.items()}
-        longest = max(map(len, index), default=1)
         mapping = [base_eos] * max(guide_width, len(g_bytes))
         self.exact = self.prefix = self.retokenized = self.special = 0
         for g, b in enumerate(g_bytes):
             if g in g_special:
                 mapping[g] = special_index.get(g_special[g], base_eos)
                 self.special += 1
-            elif b is None or not b:
-                continue  # an id with no token (padding): it gets no probability in practice
-            elif b in index:
-                mapping[g] = index[b]
-                self.exact += 1
-            else:
-                for n in range(min(len(b) - 1, longest), 0, -1):
-                    hit = index.get(b[:n])
-                    if hit is not None:
-                        mapping[g] = hit
-                        self.prefix += 1
-                        break
-                else:
-                    ids = base_tokenizer(b.decode("utf-8", "replace"),
-                                         add_special_tokens=False)["input_ids"]
-                    mapping[g] = ids[0] if ids else base_eos
-                    self.retokenized += 1
+            elif b:  # (an id with no token, padding, keeps the EOS placeholder: it gets no mass)
+                mapping[g], how = self.base_token_for(b)
+                setattr(self, how, getattr(self, how) + 1)
         self.guide_to_base = torch.tensor(mapping, dtype=torch.long)
+        # guide tokens sorted by bytes, to find every token that extends a given one
+        self._g_bytes = g_bytes
+        ranked = sorted((b, i) for i, b in enumerate(g_bytes) if b and i not in g_special)
+        self._sorted_bytes = [b for b, _ in ranked]
+        self._sorted_ids = [i for _, i in ranked]
+        self._continuations: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def base_token_for(self, b: bytes) -> tuple[int, str]:
+        """The base token for a guide text: identical bytes, else the longest base prefix, else
+        the first token of the base's own tokenization. Returns (id, how)."""
+        hit = self._index.get(b)
+        if hit is not None:
+            return hit, "exact"
+        for n in range(min(len(b) - 1, self._longest), 0, -1):
+            hit = self._index.get(b[:n])
+            if hit is not None:
+                return hit, "prefix"
+        ids = self._base_tokenizer(b.decode("utf-8", "replace"),
+                                   add_special_tokens=False)["input_ids"]
+        return (ids[0] if ids else self._eos), "retokenized"
+
+    def continuations(self, guide_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guide tokens that strictly extend ``guide_id``'s text, and the base token of what each
+        adds to it. Built once per guide token."""
+        got = self._continuations.get(guide_id)
+        if got is None:
+            s = self._g_bytes[guide_id] or b""
+            lo = bisect.bisect_right(self._sorted_bytes, s)
+            ids, base = [], []
+            for k in range(lo, len(self._sorted_bytes)):
+                b = self._sorted_bytes[k]
+                if not b.startswith(s):
+                    break
+                ids.append(self._sorted_ids[k])
+                base.append(self.base_token_for(b[len(s):])[0])
+            dev = self.guide_to_base.device
+            got = (torch.tensor(ids, dtype=torch.long, device=dev),
+                   torch.tensor(base, dtype=torch.long, device=dev))
+            self._continuations[guide_id] = got
+        return got
 
     def to(self, device: torch.device) -> "VocabMap":
-        self.guide_to_base = self.guide_to_base.to(device)
+        if self.guide_to_base.device != torch.device(device):
+            self.guide_to_base = self.guide_to_base.to(device)
+            self._continuations.clear()
         return self
 
     def project(self, guide_probs: torch.Tensor, base_width: int) -> torch.Tensor:
@@ -140,6 +172,31 @@ class VocabMap:
         n = guide_probs.shape[0]
         out = torch.zeros(base_width, dtype=guide_probs.dtype, device=guide_probs.device)
         return out.index_add_(0, self.guide_to_base[:n], guide_probs)
+
+    def project_healed(self, before: torch.Tensor, after: torch.Tensor, last: int,
+                       base_width: int) -> torch.Tensor:
+        """The guide's next-text distribution in base space, marginalised over its last token.
+
+        ``before`` is the guide's distribution for its last token ``last`` (whose text s ends the
+        answer), ``after`` its distribution for the token after it. A guide never writes ``'`` alone
+        when it means ``'s``: the text's tokenization ending in s is one way to continue; every
+        guide token t that extends s is another, whose remainder is the next text. So
+
+            P(next) = [ before[s] * after(next) + sum_t before[t] * [next = base(t minus s)] ] / Z
+
+        with Z = before[s] + sum_t before[t]. Without extensions this is ``project(after)``.
+        """
+        ids, base = self.continuations(last)
+        projected = self.project(after, base_width)
+        if ids.numel() == 0:
+            return projected
+        ext = before[ids]
+        z = before[last] + ext.sum()
+        if z <= 0:
+            return projected
+        out = projected * before[last]
+        out.index_add_(0, base, ext)
+        return out / z
 
     def stats(self) -> dict[str, int]:
         return {"exact": self.exact, "prefix": self.prefix, "retokenized": self.retokenized,

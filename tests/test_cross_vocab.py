@@ -120,8 +120,9 @@ def test_guide_distribution_after_incremental_updates_equals_from_scratch(tok, s
         rolled_back += len(g.state) - ran < fed
         with torch.no_grad():
             ids = prompt + tok(prefix, add_special_tokens=False).input_ids
-            ref = guide.model(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
-        torch.testing.assert_close(probs, vm.project(ref, len(sp_tok)), atol=1e-5, rtol=1e-4)
+            before, after = guide.model(torch.tensor([ids])).logits[0, -2:].float().softmax(-1)
+        ref = vm.project_healed(before, after, ids[-1], len(sp_tok))
+        torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
         assert len(g.state) == len(ids)  # the cache holds exactly the from-scratch tokens
     assert rolled_back > 0  # some steps changed the guide's last tokens and rolled its cache back
     assert g.stream.full_encodes == 0
@@ -181,3 +182,29 @@ def test_base_only_on_a_cross_vocab_pair_is_the_base_alone(tok, sp_tok):
                         BlendConfig(strategy="base_only"))
     assert paired.generate("the quick", max_new_tokens=30).token_ids == \
         alone.generate("the quick", max_new_tokens=30).token_ids
+
+
+def test_healing_recovers_what_the_guide_meant_by_a_token_the_base_lacks(tok, sp_tok):
+    """The guide's last token s may be the start of a longer guide token ("'" of "'s"). The healed
+    distribution gives each base continuation the guide's probability of the longer token."""
+    vm = VocabMap(tok, sp_tok, sp_tok.eos_token_id, len(tok))
+    gb, _ = token_bytes(tok)
+    # a guide token with several extensions, e.g. "Ġqu" -> "Ġquick", ...
+    s = max((g for g, b in enumerate(gb) if b), key=lambda g: len(vm.continuations(g)[0]))
+    ids, base = vm.continuations(s)
+    assert len(ids) >= 2 and all(gb[int(i)].startswith(gb[s]) for i in ids)
+    before = torch.zeros(len(tok))
+    before[ids[0]], before[ids[1]], before[s] = 0.5, 0.3, 0.2
+    after = torch.zeros(len(tok))
+    after[tok.eos_token_id] = 1.0  # after s itself, the guide would stop
+    out = vm.project_healed(before, after, s, len(sp_tok))
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert out[sp_tok.eos_token_id].item() == pytest.approx(0.2, abs=1e-6)
+    expect = torch.zeros(len(sp_tok))
+    expect.index_add_(0, base[:2], torch.tensor([0.5, 0.3]))
+    expect[sp_tok.eos_token_id] += 0.2
+    torch.testing.assert_close(out, expect)
+    # nothing extends a token: the plain projection
+    lone = next(g for g, b in enumerate(gb) if b and len(vm.continuations(g)[0]) == 0)
+    torch.testing.assert_close(vm.project_healed(before, after, lone, len(sp_tok)),
+                               vm.project(after, len(sp_tok)))

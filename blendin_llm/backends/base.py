@@ -76,9 +76,10 @@ class ModelBackend(ABC):
     def new_state(self) -> SequenceState: ...
 
     @abstractmethod
-    def forward(self, state: SequenceState, ids: list[int]) -> torch.Tensor:
+    def forward(self, state: SequenceState, ids: list[int], n_last: int = 1) -> torch.Tensor:
         """Consume ``ids`` (appended to the state) and return float32 logits [logits_width] of the
-        token that follows. Cached positions are never recomputed."""
+        token that follows (with ``n_last > 1``: [n_last, logits_width] for the last ``n_last``
+        positions, ``n_last <= len(ids)``). Cached positions are never recomputed."""
 
     @abstractmethod
     def rollback(self, state: SequenceState, length: int) -> None:

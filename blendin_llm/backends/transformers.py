@@ -95,16 +95,18 @@ class TransformersBackend(ModelBackend):
 
         return SequenceState(DynamicCache(config=self.model.config))
 
-    def forward(self, state: SequenceState, ids: list[int]) -> torch.Tensor:
-        if not ids:
-            raise ValueError("forward needs at least one new token")
+    def forward(self, state: SequenceState, ids: list[int], n_last: int = 1) -> torch.Tensor:
+        if not ids or n_last > len(ids):
+            raise ValueError(f"forward needs at least max(1, n_last={n_last}) new tokens")
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         out = self.model(
-            input_ids=input_ids, past_key_values=state.cache, use_cache=True, logits_to_keep=1
+            input_ids=input_ids, past_key_values=state.cache, use_cache=True,
+            logits_to_keep=n_last,
         )
         state.cache = out.past_key_values
         state.tokens.extend(ids)
-        return out.logits[0, -1].float()
+        logits = out.logits[0, -n_last:].float()
+        return logits[-1] if n_last == 1 else logits
 
     def rollback(self, state: SequenceState, length: int) -> None:
         drop = len(state.tokens) - length
