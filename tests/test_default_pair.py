@@ -71,5 +71,5 @@ def test_base_reads_guide_split_words_in_its_own_tokens(pair):
                         SamplingParams(max_new_tokens=40), pair.config, trace=False)
     text = "".join(e.text for e in gen.events())
     assert gen.base_heals > 0
-    assert text.count("Joe Biden") >= 2
+    assert text.startswith("Joe Biden")  # the guide wrote "J" + "oe", the base read "Joe"
     assert not any(f"{d}oe Biden" in text for d in "0123456789")
