@@ -25,7 +25,7 @@ from .results import BlendResult, StreamEvent, TraceEntry, Usage
 from .sampling import sample
 from .strategies import StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
-from .vocab import GuideStream, VocabMap
+from .vocab import GuideStream, VocabMap, common_prefix
 
 _EPS = 1e-20
 
@@ -200,10 +200,7 @@ class Generation:
         wanted = (self.base_stream.ids + self.raw_tail) or [token]
         fed = self.base_state.tokens
         p = len(self.base_prompt)
-        keep = 0
-        n = min(len(fed) - p, len(wanted))
-        while keep < n and fed[p + keep] == wanted[keep]:
-            keep += 1
+        keep = common_prefix(fed, wanted, offset=p)
         if keep == len(wanted):  # nothing new to feed: recompute the last position
             keep -= 1
         if p + keep < len(fed):

@@ -215,6 +215,15 @@ def vocab_map(guide: Any, base: Any) -> VocabMap:
     return _MAPS[key].to(base.device)
 
 
+def common_prefix(a: list[int], b: list[int], start: int = 0, offset: int = 0) -> int:
+    """How many items ``a[offset:]`` and ``b`` share from the front (known equal up to start)."""
+    n = min(len(a) - offset, len(b))
+    k = start
+    while k < n and a[offset + k] == b[k]:
+        k += 1
+    return k
+
+
 class GuideStream:
     """The guide's tokenization of the answer text, brought up to date incrementally.
 
@@ -251,8 +260,9 @@ class GuideStream:
         leading tokens are unchanged."""
         if text == self.text:
             return len(self.ids)
-        j = max(0, len(self.ids) - self.back)
-        while j > 0 and (self.ends[j - 1] < 0 or not text.startswith(self.text[: self.ends[j - 1]])):
+        # back off to a clean boundary; a text that does not extend the last one starts afresh
+        j = max(0, len(self.ids) - self.back) if text.startswith(self.text) else 0
+        while j > 0 and self.ends[j - 1] < 0:
             j -= 1
         start = self.ends[j - 1] if j else 0
         enc = self._encode(text[start:], start)
@@ -265,9 +275,7 @@ class GuideStream:
             enc = ids, [-1] * len(ids)
         ids, ends = enc
         new_ids = self.ids[:j] + ids
-        keep = j
-        while keep < min(len(self.ids), len(new_ids)) and self.ids[keep] == new_ids[keep]:
-            keep += 1
+        keep = common_prefix(self.ids, new_ids, j)
         self.ids = new_ids
         self.ends = self.ends[:j] + ends
         self.text = text
