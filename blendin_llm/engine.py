@@ -15,16 +15,18 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .backends.base import ModelBackend, SequenceState
 from .config import BlendConfig, SamplingParams
 from .reliability import ReliabilityTracker
-from .results import BlendResult, StreamEvent, TraceEntry, Usage
+from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, TraceEntry, Usage
 from .sampling import sample
 from .strategies import StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
+from .tools import ToolCallCapture, parse_tool_calls
 from .vocab import GuideStream, VocabMap, common_prefix
 
 _EPS = 1e-20
@@ -112,6 +114,7 @@ class _Choice:
     consulted: bool
     alpha: float | None = None
     guide_prob: float | None = None
+    logprob: TokenLogprob | None = None
 
 
 def js_divergence_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -139,7 +142,17 @@ class Generation:
         budget: int,
         model_name: str,
         trace: bool = False,
+        stops: Any = None,
+        prefix: str = "",
+        top_logprobs: int | None = None,
+        tool_capture: ToolCallCapture | None = None,
+        tools: list[dict] = (),
     ) -> None:
+        """``stops``: the text filter of the answer (default: ``StopMatcher(params.stop)``);
+        ``prefix``: text the answer starts with, already in every model's prompt (a prefill);
+        ``top_logprobs``: None, or report each token's log-prob in the final distribution with
+        this many alternatives; ``tool_capture``: the filter (in ``stops``) that captures tool
+        calls, parsed against ``tools`` at the end."""
         self.base = base
         self.strategy = strategy
         self.config = config
@@ -168,7 +181,11 @@ class Generation:
         self.generated: list[int] = []
         self.guide_tokens = 0
         self.detok = IncrementalDetokenizer(base.tokenizer)
-        self.stops = StopMatcher(params.stop)
+        self.stops = stops if stops is not None else StopMatcher(params.stop)
+        self.prefix = prefix
+        self.top_logprobs = top_logprobs
+        self.tool_capture = tool_capture
+        self.tools = tools
         self.tracker = ReliabilityTracker(
             config, strategy.name, [g.name for g in guides],
             gated=type(strategy).consult is Strategy.consult, trace=trace,
@@ -217,11 +234,27 @@ class Generation:
             return self._blend(logp, top_lp, top_id, base_top1)
         if self.params.greedy:
             token = int(top_id)
-            return _Choice(token, base_top1, base_top1, base_top1, consulted=False)
-        tok = sample(logp, self.params, self.rng)
-        token, lp = torch.stack([tok.to(logp.dtype), logp[tok]]).tolist()
-        p = math.exp(lp)
-        return _Choice(int(token), p, p, base_top1, consulted=False)
+            c = _Choice(token, base_top1, base_top1, base_top1, consulted=False)
+        else:
+            tok = sample(logp, self.params, self.rng)
+            token, lp = torch.stack([tok.to(logp.dtype), logp[tok]]).tolist()
+            p = math.exp(lp)
+            c = _Choice(int(token), p, p, base_top1, consulted=False)
+        if self.top_logprobs is not None:
+            c.logprob = self._logprob(logp, c.token)
+        return c
+
+    def _logprob(self, logdist: torch.Tensor, token: int) -> TokenLogprob:
+        """The chosen token's log-prob in the final distribution, and the top alternatives."""
+        pieces = self.base.token_pieces()
+        k = min(self.top_logprobs, logdist.shape[0])
+        vals, ids = torch.topk(logdist, k) if k else (logdist[:0], logdist[:0].long())
+        row = torch.cat([logdist[token].reshape(1), vals]).tolist()
+        return TokenLogprob(
+            token=pieces[token][0], bytes=pieces[token][1], logprob=row[0],
+            top_logprobs=[TopLogprob(token=pieces[i][0], bytes=pieces[i][1], logprob=v)
+                          for i, v in zip(ids.tolist(), row[1:])],
+        )
 
     def _blend(self, logp: torch.Tensor, top_lp: torch.Tensor, top_id: torch.Tensor,
                base_top1: float) -> _Choice:
@@ -250,21 +283,27 @@ class Generation:
         token, prob, base_prob, guide_prob = stats[:4]
         cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
         self.tracker.consulted(*cols)
-        return _Choice(int(token), prob, base_prob, base_top1, consulted=True,
-                       alpha=sum(cols[0]) / n, guide_prob=guide_prob)
+        c = _Choice(int(token), prob, base_prob, base_top1, consulted=True,
+                    alpha=sum(cols[0]) / n, guide_prob=guide_prob)
+        if self.top_logprobs is not None:
+            c.logprob = self._logprob((mixed + _EPS).log(), c.token)
+        return c
 
     # -- the stream --------------------------------------------------------------------------
     def events(self) -> Iterator[StreamEvent]:
         t0 = time.perf_counter()
-        finish, stop_seq = "length", None
+        finish, stop_seq, ended = "length", None, False
         text_parts: list[str] = []
+        logprobs: list[TokenLogprob] | None = [] if self.top_logprobs is not None else None
         tracker, trace = self.tracker, self.tracker.trace
+        lead = self.stops.push(self.prefix)[0] if self.prefix else ""  # released with token 1
         self._advance(None)
         for index in range(self.budget):
             c = self._choose()
             self.generated.append(c.token)
             tracker.step(c.base_top1, c.prob, c.base_prob)
-            if c.token in self.base_eos or (c.consulted and c.token in self.guide_eos):
+            eos = c.token in self.base_eos or (c.consulted and c.token in self.guide_eos)
+            if eos:
                 finish = "stop"
                 stop_seq = self.base.tokenizer.convert_ids_to_tokens(c.token)
                 delta = emit = ""
@@ -280,27 +319,32 @@ class Generation:
                     base_top1=c.base_top1, base_prob=c.base_prob, guide_prob=c.guide_prob,
                     prob=c.prob,
                 ))
-            if finish == "stop":
+            if eos:
                 break
             if emit or hit is None:
+                emit, lead = lead + emit, ""
                 text_parts.append(emit)
+                if logprobs is not None:
+                    logprobs.append(c.logprob)
                 yield StreamEvent(text=emit, token_id=c.token, index=index,
-                                  consulted=c.consulted, alpha=c.alpha, prob=c.prob)
-            if hit is not None:
-                finish, stop_seq = "stop", hit
+                                  consulted=c.consulted, alpha=c.alpha, prob=c.prob,
+                                  logprob=c.logprob)
+            if hit is not None:  # a stop string ("" when a filter ended the answer)
+                finish, stop_seq, ended = "stop", hit or None, True
                 break
             if index + 1 < self.budget:
                 self.healing = self.healing or (self.cross and c.consulted)
                 self._advance(c.token, bool(delta))
 
-        tail = ""
-        if stop_seq is None:  # release what was held back: an incomplete character, a stop prefix
+        tail = lead
+        if not ended:  # release what was held back (an incomplete character, a stop prefix)
             flushed = self.detok.flush()
             if trace and flushed:  # held back as an incomplete character until the end
                 trace[-1].text += flushed
-            tail, hit = self.stops.push(flushed)
+            emit, hit = self.stops.push(flushed)
+            tail += emit
             if hit is not None:
-                finish, stop_seq = "stop", hit
+                finish, stop_seq = "stop", hit or stop_seq
             else:
                 tail += self.stops.flush()
         text_parts.append(tail)
@@ -316,5 +360,11 @@ class Generation:
             reliability=tracker.finish(),
             model=self.model_name,
             elapsed_s=time.perf_counter() - t0,
+            logprobs=logprobs,
         )
+        if self.tool_capture is not None and self.tool_capture.captured:
+            result.tool_calls, result.invalid_tool_calls = parse_tool_calls(
+                self.tool_capture.captured, self.tools, finished=finish != "length")
+            if result.tool_calls:
+                result.finish_reason = "tool_calls"
         yield StreamEvent(text=tail, done=True, result=result)

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Union
 
 from .backends.base import ModelBackend
 from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
-from .errors import ConfigError, IncompatibleModelsError, PromptError
-from .prompts import PromptLike, normalize_messages, turn_stops
+from .errors import ConfigError, GenerationArgumentError, IncompatibleModelsError, PromptError
+from .prompts import PromptLike, normalize_messages, resolved_format, turn_stops
 from .results import BlendResult, StreamEvent
 from .strategies import get_strategy
+from .text import LeadingSpace, StopMatcher
+from .tools import (
+    FilterChain,
+    JsonAnswer,
+    ToolCallCapture,
+    check_tool_history,
+    normalize_response_format,
+    normalize_tool_choice,
+    normalize_tools,
+    render_tool_turns,
+)
 from .vocab import VocabMap, vocab_map
 
 ModelLike = Union[str, ModelSpec, ModelBackend, tuple]
@@ -125,10 +137,17 @@ class BlendedLLM:
 
     # -- generation --------------------------------------------------------------------------
     def _prepare(self, prompt: PromptLike, params: SamplingParams, config: BlendConfig,
-                 trace: bool) -> Generation:
+                 trace: bool, tools: Any = None, tool_choice: Any = None,
+                 response_format: Any = None, parallel_tool_calls: bool = False,
+                 top_logprobs: int | None = None) -> Generation:
         messages = normalize_messages(prompt)
+        check_tool_history(messages)
+        tools = normalize_tools(tools)
+        choice = normalize_tool_choice(tool_choice, tools)
+        fmt = normalize_response_format(response_format)
+        messages, prefix = render_tool_turns(messages, tools, choice, fmt)
         models = [self.base, *self.guides]
-        prompt_ids = [m.encode_prompt(messages) for m in models]
+        prompt_ids = [m.encode_prompt(messages, prefix) for m in models]
         budget = params.max_new_tokens
         for m, ids in zip(models, prompt_ids):
             if not ids:
@@ -141,10 +160,21 @@ class BlendedLLM:
                         f"{ctx}; shorten the prompt to leave room for the answer"
                     )
                 budget = min(budget, ctx - len(ids))
+        # the answer's text filters: stop strings always, the others only when they are needed
+        filters: list[Any] = [StopMatcher(params.stop)]
+        if resolved_format(self.base.spec, self.base.tokenizer) == "plain":
+            filters.insert(0, LeadingSpace())
+        capture = ToolCallCapture(parallel_tool_calls) if tools and choice != "none" else None
+        if capture is not None:
+            filters.append(capture)
+        elif fmt is not None:
+            filters.append(JsonAnswer())
         return Generation(
-            base=self.base, guides=self.guides, vocab_maps=self.vocab_maps, strategy=get_strategy(config), config=config,
-            params=params, prompt_ids=prompt_ids, budget=budget, model_name=self.name,
-            trace=trace,
+            base=self.base, guides=self.guides, vocab_maps=self.vocab_maps,
+            strategy=get_strategy(config), config=config, params=params, prompt_ids=prompt_ids,
+            budget=budget, model_name=self.name, trace=trace,
+            stops=filters[0] if len(filters) == 1 else FilterChain(filters), prefix=prefix,
+            top_logprobs=top_logprobs, tool_capture=capture, tools=tools,
         )
 
     def stream(
@@ -159,13 +189,30 @@ class BlendedLLM:
         stop: str | Sequence[str] | None = None,
         trace: bool = False,
         ignore_eos: bool = False,
+        tools: Sequence[dict] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool = False,
+        response_format: dict | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
         **config_overrides: Any,
     ) -> Iterator[StreamEvent]:
         """Yield one event per token (``event.text`` is the released text); the last event has
         ``done=True`` and carries the ``BlendResult``. Arguments are checked before this returns.
 
         A base in the plain prompt format also stops where it would start the next user turn
-        (``"\nUser:"`` with the default prefixes).
+        (``"\nUser:"`` with the default prefixes), and its answer loses the space after
+        ``Assistant:``.
+
+        ``tools`` (OpenAI-shaped function tools) are described to the models; calls the answer
+        makes come back in ``result.tool_calls`` (``finish_reason == "tool_calls"``) and their
+        markup is kept out of the text. ``tool_choice``: "auto" (default), "none", "required", or
+        a tool's name; a required call is started for the model (prefill). Without
+        ``parallel_tool_calls`` the answer ends after its first call.
+        ``response_format={"type": "json_object"}`` (or ``"json_schema"`` with a schema) makes the
+        answer one JSON object: it starts with "{" and ends where the object closes.
+        ``logprobs=True`` reports each streamed token's log-prob in the final (blended)
+        distribution, with ``top_logprobs`` alternatives (``event.logprob``, ``result.logprobs``).
 
         ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
         instance's BlendConfig for this call only.
@@ -175,13 +222,66 @@ class BlendedLLM:
                                 stop=() if stop is None else stop, ignore_eos=ignore_eos)
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
+        if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool) or not 0 <= top_logprobs <= 20:
+            raise GenerationArgumentError(f"top_logprobs must be an integer in [0, 20], got {top_logprobs!r}")
         config = self._resolve_config(config_overrides)
-        gen = self._prepare(prompt, params, config, trace)
+        gen = self._prepare(
+            prompt, params, config, trace, tools, tool_choice, response_format,
+            parallel_tool_calls, top_logprobs if logprobs or top_logprobs else None,
+        )
         return self._locked(gen)
 
     def _locked(self, gen: Generation) -> Iterator[StreamEvent]:
         with self._lock:
             yield from gen.events()
+
+    async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        """``stream`` for asyncio: decoding runs in a worker thread, so the event loop keeps
+        running between tokens. Leaving the loop early (or cancelling) stops the decoding at the
+        next token and frees the instance."""
+        events = self.stream(prompt, **kwargs)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: tuple) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                stop.set()
+
+        def produce() -> None:
+            try:
+                for event in events:
+                    put((event, None))
+                    if stop.is_set():
+                        break
+                else:
+                    put((None, None))
+            except BaseException as e:  # handed to the consumer
+                put((None, e))
+            finally:
+                events.close()
+
+        threading.Thread(target=produce, name="blendin-astream", daemon=True).start()
+        try:
+            while True:
+                event, error = await queue.get()
+                if error is not None:
+                    raise error
+                if event is None:
+                    return
+                yield event
+        finally:
+            stop.set()
+
+    async def agenerate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
+        """``generate`` for asyncio (see ``astream``)."""
+        result = None
+        async for event in self.astream(prompt, **kwargs):
+            result = event.result
+        assert result is not None
+        return result
 
     def generate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
         """Generate a whole answer; same arguments as ``stream``."""

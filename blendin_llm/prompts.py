@@ -11,15 +11,35 @@ from typing import Any, Mapping, Sequence, Union
 from .config import ModelSpec
 from .errors import PromptError
 
-Message = dict[str, str]
+Message = dict[str, Any]
 PromptLike = Union[str, Sequence[Union[Mapping[str, Any], tuple[str, str]]]]
 
-_ROLES = ("system", "user", "assistant")
+_ROLES = ("system", "user", "assistant", "tool")
 _ROLE_ALIASES = {"human": "user", "ai": "assistant"}
 
 
+def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
+    if not isinstance(calls, Sequence) or isinstance(calls, (str, bytes)):
+        raise PromptError(f"message {i}: tool_calls must be a list of calls")
+    out = []
+    for c in calls:
+        fn = c.get("function", c) if isinstance(c, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise PromptError(
+                f"message {i}: each tool call must be {{'id': ..., 'name': ..., 'arguments': {{...}}}}"
+                f" or OpenAI's {{'id': ..., 'function': {{'name': ..., 'arguments': '...'}}}}, got {c!r}"
+            )
+        out.append({"id": c.get("id"), "name": fn["name"],
+                    "arguments": fn.get("arguments", fn.get("args", {}))})
+    return out
+
+
 def normalize_messages(prompt: PromptLike) -> list[Message]:
-    """Validate a prompt and return it as ``[{"role": ..., "content": ...}, ...]``."""
+    """Validate a prompt and return it as ``[{"role": ..., "content": ...}, ...]``.
+
+    Besides system/user/assistant turns, a conversation may carry tool use: assistant messages with
+    ``tool_calls`` (their content may then be empty or None) and ``tool`` messages with the
+    results (``tool_call_id``, optional ``name``)."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise PromptError("the prompt is empty; pass some text or at least one user message")
@@ -33,26 +53,34 @@ def normalize_messages(prompt: PromptLike) -> list[Message]:
     out: list[Message] = []
     for i, m in enumerate(prompt):
         if isinstance(m, tuple) and len(m) == 2:
-            role, content = m
-        elif isinstance(m, Mapping) and "role" in m and "content" in m:
-            role, content = m["role"], m["content"]
-        else:
+            m = {"role": m[0], "content": m[1]}
+        elif not (isinstance(m, Mapping) and "role" in m and ("content" in m or "tool_calls" in m)):
             raise PromptError(
                 f"message {i} must be a {{'role': ..., 'content': ...}} dict or a (role, content) "
                 f"tuple, got {m!r}"
             )
-        role = _ROLE_ALIASES.get(role, role)
+        role = _ROLE_ALIASES.get(m["role"], m["role"])
         if role not in _ROLES:
             raise PromptError(
                 f"message {i} has role {role!r}; supported roles are {', '.join(_ROLES)}"
             )
+        content = m.get("content")
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if content is None and calls:
+            content = ""
         if not isinstance(content, str):
             raise PromptError(
                 f"message {i} content must be text (str), got {type(content).__name__}; "
                 "images and other content parts are not supported"
             )
-        out.append({"role": role, "content": content})
-    if not any(m["content"].strip() for m in out if m["role"] != "system"):
+        msg: Message = {"role": role, "content": content}
+        if calls:
+            msg["tool_calls"] = _tool_calls(calls, i)
+        if role == "tool":
+            msg["tool_call_id"] = m.get("tool_call_id")
+            msg["name"] = m.get("name")
+        out.append(msg)
+    if not any(m["content"].strip() or m.get("tool_calls") for m in out if m["role"] != "system"):
         raise PromptError("the messages have no non-empty user or assistant content")
     return out
 
@@ -70,15 +98,17 @@ def turn_stops(spec: ModelSpec, tokenizer: Any) -> tuple[str, ...]:
     return (spec.turn_separator + spec.user_prefix.rstrip(),)
 
 
-def render_prompt(messages: list[Message], spec: ModelSpec, tokenizer: Any) -> tuple[str, bool]:
-    """Return (prompt text, whether the tokenizer should add its special tokens)."""
+def render_prompt(messages: list[Message], spec: ModelSpec, tokenizer: Any,
+                  answer_prefix: str = "") -> tuple[str, bool]:
+    """Return (prompt text, whether the tokenizer should add its special tokens). The answer
+    starts with ``answer_prefix`` (a prefill), which the model continues."""
     fmt = resolved_format(spec, tokenizer)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if spec.system_prompt and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": spec.system_prompt}, *messages]
 
     if fmt == "raw":
-        return "\n".join(m["content"] for m in messages), True
+        return "\n".join(m["content"] for m in messages) + answer_prefix, True
     if fmt == "chat":
         if not has_template:
             raise PromptError(
@@ -86,7 +116,7 @@ def render_prompt(messages: list[Message], spec: ModelSpec, tokenizer: Any) -> t
                 "prompt_format='plain' (or 'raw') in its ModelSpec"
             )
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, False
+        return text + answer_prefix, False
     # plain turns for base models
     parts = []
     for m in messages:
@@ -96,5 +126,5 @@ def render_prompt(messages: list[Message], spec: ModelSpec, tokenizer: Any) -> t
             parts.append(spec.user_prefix + m["content"])
         else:
             parts.append(f"{spec.assistant_prefix} {m['content']}")
-    parts.append(spec.assistant_prefix)
+    parts.append(spec.assistant_prefix + (" " + answer_prefix if answer_prefix else ""))
     return spec.turn_separator.join(parts), True

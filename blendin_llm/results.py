@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
+from .tools import InvalidToolCall, ToolCall
+
 
 class Usage(BaseModel):
     prompt_tokens: int = Field(description="tokens of the base model's prompt")
@@ -85,9 +87,24 @@ class Reliability(BaseModel):
     trace: Optional[list[TraceEntry]] = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+class TokenLogprob(BaseModel):
+    """A generated token's log-probability in the final (blended) distribution, OpenAI-shaped."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
 class BlendResult(BaseModel):
-    text: str
-    finish_reason: Literal["stop", "length"]
+    text: str = Field(description="the answer's text (tool-call markup excluded)")
+    finish_reason: Literal["stop", "length", "tool_calls"]
     stop_sequence: Optional[str] = Field(
         None, description="the stop string that ended generation, or the EOS token's text"
     )
@@ -96,6 +113,11 @@ class BlendResult(BaseModel):
     reliability: Reliability
     model: str
     elapsed_s: float
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    invalid_tool_calls: list[InvalidToolCall] = Field(default_factory=list)
+    logprobs: Optional[list[TokenLogprob]] = Field(
+        None, description="one entry per streamed token, with logprobs=True"
+    )
 
 
 class StreamEvent(BaseModel):
@@ -110,5 +132,6 @@ class StreamEvent(BaseModel):
     consulted: bool = False
     alpha: Optional[float] = None
     prob: Optional[float] = None
+    logprob: Optional[TokenLogprob] = None
     done: bool = False
     result: Optional[BlendResult] = None

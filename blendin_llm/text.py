@@ -80,3 +80,21 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.held = self.held, ""
         return out
+
+
+class LeadingSpace:
+    """Drops the one space that separates a plain-format answer from its ``Assistant:`` prefix."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def push(self, delta: str) -> tuple[str, str | None]:
+        if self.started or not delta:
+            return delta, None
+        self.started = True
+        return (delta[1:] if delta[0] == " " else delta), None
+
+    def flush(self) -> str:
+        return ""

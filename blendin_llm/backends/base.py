@@ -64,12 +64,28 @@ class ModelBackend(ABC):
         return self.tokenizer.get_vocab()
 
     # -- text ------------------------------------------------------------------------------
-    def encode_prompt(self, messages: list[Message]) -> list[int]:
-        text, add_special = render_prompt(messages, self.spec, self.tokenizer)
+    def encode_prompt(self, messages: list[Message], answer_prefix: str = "") -> list[int]:
+        text, add_special = render_prompt(messages, self.spec, self.tokenizer, answer_prefix)
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def token_pieces(self) -> list[tuple[str, list[int]]]:
+        """(text, bytes) of every token id, for log-prob reports; computed once per backend."""
+        pieces = getattr(self, "_pieces", None)
+        if pieces is None:
+            from ..vocab import token_bytes
+
+            raw, specials = token_bytes(self.tokenizer)
+            raw += [None] * max(0, self.logits_width - len(raw))
+            pieces = [
+                (b.decode("utf-8", errors="replace"), list(b)) if b is not None
+                else ((t := specials.get(i, "")), list(t.encode()))
+                for i, b in enumerate(raw)
+            ]
+            self._pieces = pieces
+        return pieces
 
     # -- incremental computation -------------------------------------------------------------
     @abstractmethod
