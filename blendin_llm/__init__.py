@@ -8,11 +8,22 @@ from .errors import (
     ConfigError,
     GenerationArgumentError,
     IncompatibleModelsError,
+    LowReliabilityError,
     ModelLoadError,
     PromptError,
 )
 from .llm import BlendedLLM, load_backend
-from .results import BlendResult, GuideStats, Reliability, StreamEvent, TraceEntry, Usage
+from .reliability import check_reliability
+from .results import (
+    BlendResult,
+    GuideStats,
+    Reliability,
+    StreamEvent,
+    TokenLogprob,
+    TraceEntry,
+    Usage,
+)
+from .tools import InvalidToolCall, ToolCall
 from .strategies import Strategy, StepView, available_strategies, register_strategy
 
 __version__ = "0.1.0"
@@ -23,5 +34,6 @@ __all__ = [
     "Strategy", "StepView", "available_strategies", "register_strategy",
     "ModelBackend", "SequenceState", "TransformersBackend", "load_backend",
     "BlendInError", "ConfigError", "GenerationArgumentError", "IncompatibleModelsError",
-    "ModelLoadError", "PromptError", "__version__",
+    "ModelLoadError", "PromptError", "LowReliabilityError", "check_reliability", "ToolCall",
+    "InvalidToolCall", "TokenLogprob", "__version__",
 ]

@@ -25,3 +25,16 @@ class ModelLoadError(BlendInError, RuntimeError):
 
 class IncompatibleModelsError(BlendInError, ValueError):
     """Base and guide cannot be blended as given (different vocabularies, different devices)."""
+
+
+class LowReliabilityError(BlendInError):
+    """An answer's reliability record is flagged (or its score is below a required minimum).
+
+    Raised on request, by ``check_reliability`` and the framework gates built on it, so that a
+    chain can fall back (``.with_fallbacks``) or route the answer to review. ``reliability`` holds
+    the record (a dict) and ``answer`` the text that was judged."""
+
+    def __init__(self, message: str, reliability: dict, answer: str | None = None) -> None:
+        super().__init__(message)
+        self.reliability = reliability
+        self.answer = answer

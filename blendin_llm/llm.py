@@ -293,6 +293,23 @@ class BlendedLLM:
 
     __call__ = generate
 
+    # -- framework faces (same loaded models, no copies) --------------------------------------
+    def as_langchain(self, **kwargs: Any) -> Any:
+        """This engine as a LangChain chat model (``langchain_blendin.ChatBlendIn``)."""
+        try:
+            from langchain_blendin import ChatBlendIn
+        except ImportError as e:
+            raise ImportError("the LangChain face needs: pip install 'blendin-llm[langchain]'") from e
+        return ChatBlendIn(llm=self, **kwargs)
+
+    def as_llama_index(self, **kwargs: Any) -> Any:
+        """This engine as a LlamaIndex LLM (``llama_index.llms.blendin.BlendIn``)."""
+        try:
+            from llama_index.llms.blendin import BlendIn
+        except ImportError as e:
+            raise ImportError("the LlamaIndex face needs: pip install 'blendin-llm[llama-index]'") from e
+        return BlendIn(llm=self, **kwargs)
+
     def __repr__(self) -> str:
         return (f"BlendedLLM(base={self.base.name!r}, guides={[g.name for g in self.guides]!r}, "
                 f"strategy={self.config.strategy!r})")

@@ -132,3 +132,19 @@ class ReliabilityTracker:
             reasons=reasons,
             trace=self.trace,
         )
+
+
+def check_reliability(reliability: Reliability | dict, *, min_score: float | None = None,
+                      allow_flagged: bool = False, answer: str | None = None) -> None:
+    """Raise ``LowReliabilityError`` when the record is flagged (unless ``allow_flagged``) or its
+    score is below ``min_score``; return None otherwise."""
+    from .errors import LowReliabilityError
+
+    rec = reliability.model_dump() if isinstance(reliability, Reliability) else dict(reliability)
+    why = []
+    if rec.get("flagged") and not allow_flagged:
+        why.append("flagged: " + "; ".join(rec.get("reasons") or []))
+    if min_score is not None and rec.get("score", 0.0) < min_score:
+        why.append(f"score {rec.get('score', 0.0):.2f} < required {min_score:.2f}")
+    if why:
+        raise LowReliabilityError("low-reliability answer (" + "; ".join(why) + ")", rec, answer)
