@@ -1,0 +1,365 @@
+"""``BlendIn``: a LlamaIndex LLM over a ``BlendedLLM``. It maps types and nothing else: LlamaIndex
+chat messages in, ``ChatResponse`` / ``CompletionResponse`` out, with the reliability record,
+finish reason and token counts in ``additional_kwargs`` and (on request) log-probs.
+
+Query engines drop ``additional_kwargs``, so every answer also dispatches a
+``BlendInReliabilityEvent`` through LlamaIndex instrumentation; ``with_reliability(engine)``
+collects those events into each ``Response.metadata``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from typing import Any, Literal, Optional
+
+from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
+from blendin_llm.errors import PromptError
+from llama_index.core.base.llms.generic_utils import (
+    achat_to_completion_decorator,
+    astream_chat_to_completion_decorator,
+    chat_to_completion_decorator,
+    stream_chat_to_completion_decorator,
+)
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    LogProb,
+    MessageRole,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from pydantic import Field, PrivateAttr
+
+dispatcher = get_dispatcher(__name__)
+
+_ROLES = {MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system", MessageRole.USER: "user",
+          MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant",
+          MessageRole.MODEL: "assistant", MessageRole.TOOL: "tool"}
+
+
+class BlendInReliabilityEvent(BaseEvent):
+    """Dispatched once per answer of a ``BlendIn`` LLM."""
+
+    model_name: str
+    reliability: dict
+    finish_reason: str
+    text: str
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "BlendInReliabilityEvent"
+
+
+# -- messages in -------------------------------------------------------------------------------
+def to_core_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """LlamaIndex chat messages as the engine's ``{"role", "content", ...}`` dicts."""
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        role = _ROLES.get(m.role)
+        if role is None:
+            raise PromptError(f"message {i} has role {m.role.value!r}; BlendIn takes system, user, "
+                              "assistant and tool messages")
+        texts, calls = [], list(m.additional_kwargs.get("tool_calls") or [])
+        for block in m.blocks:
+            if isinstance(block, TextBlock):
+                texts.append(block.text)
+            elif isinstance(block, ToolCallBlock):
+                if not any(c.get("id") == block.tool_call_id for c in calls if isinstance(c, dict)):
+                    calls.append({"id": block.tool_call_id, "name": block.tool_name,
+                                  "arguments": block.tool_kwargs})
+            elif not isinstance(block, ThinkingBlock):
+                raise PromptError(
+                    f"message {i} has a {type(block).__name__}; these models read text only "
+                    "(images, audio, video and documents are not supported)"
+                )
+        msg: dict[str, Any] = {"role": role, "content": "".join(texts)}
+        if calls and role == "assistant":
+            msg["tool_calls"] = calls
+        if role == "tool":
+            msg["tool_call_id"] = m.additional_kwargs.get("tool_call_id")
+            msg["name"] = m.additional_kwargs.get("name")
+        out.append(msg)
+    return out
+
+
+# -- results out -------------------------------------------------------------------------------
+def _logprobs(entries: list | None) -> Optional[list[list[LogProb]]]:
+    if entries is None:
+        return None
+    return [[LogProb(token=e.token, logprob=e.logprob, bytes=e.bytes)]
+            + [LogProb(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top_logprobs]
+            for e in entries]
+
+
+def _extras(res: BlendResult) -> dict[str, Any]:
+    return {"reliability": res.reliability.model_dump(), "finish_reason": res.finish_reason,
+            "stop_sequence": res.stop_sequence, "model_name": res.model,
+            "prompt_tokens": res.usage.prompt_tokens,
+            "completion_tokens": res.usage.completion_tokens,
+            "total_tokens": res.usage.total_tokens}
+
+
+def _message(text: str, res: BlendResult | None) -> ChatMessage:
+    kwargs = {}
+    if res is not None and res.tool_calls:
+        kwargs["tool_calls"] = [c.model_dump() for c in res.tool_calls]
+    if res is not None and res.invalid_tool_calls:
+        kwargs["invalid_tool_calls"] = [c.model_dump() for c in res.invalid_tool_calls]
+    blocks: list = [TextBlock(text=text)]
+    if res is not None:
+        blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments)
+                   for c in res.tool_calls]
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=kwargs)
+
+
+def _dispatch(res: BlendResult) -> None:
+    dispatcher.event(BlendInReliabilityEvent(
+        model_name=res.model, reliability=res.reliability.model_dump(),
+        finish_reason=res.finish_reason, text=res.text))
+
+
+def to_chat_response(res: BlendResult) -> ChatResponse:
+    _dispatch(res)
+    return ChatResponse(message=_message(res.text, res), raw=res.model_dump(),
+                        logprobs=_logprobs(res.logprobs), additional_kwargs=_extras(res))
+
+
+def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
+    """``text`` is the answer so far; the last response carries the record and the calls."""
+    if not event.done:
+        lp = None if event.logprob is None else _logprobs([event.logprob])
+        return ChatResponse(message=_message(text, None), delta=event.text, logprobs=lp)
+    res = event.result
+    _dispatch(res)
+    return ChatResponse(message=_message(text, res), delta=event.text, raw=res.model_dump(),
+                        additional_kwargs=_extras(res))
+
+
+# -- the LLM -----------------------------------------------------------------------------------
+class BlendIn(FunctionCallingLLM):
+    """A base model steered by guide models (BlendIn), as a LlamaIndex LLM.
+
+    ``BlendIn(llm=blended)`` (or ``blended.as_llama_index()``) shares a loaded engine;
+    ``BlendIn(base=..., guides=[...], config=...)`` builds one.
+    """
+
+    model_name: str = Field(default="", description="defaults to the engine's name")
+    max_new_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = 1.0
+    context_window: Optional[int] = Field(default=None, description="defaults to the base's")
+    stop: Optional[list[str]] = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    strategy: Optional[str] = None
+    gamma: Optional[float] = None
+    alpha: Optional[float | Literal["auto"]] = None
+
+    _llm: BlendedLLM = PrivateAttr()
+
+    def __init__(self, llm: BlendedLLM | None = None, base: Any = None, guides: Any = None,
+                 config: BlendConfig | None = None, **kwargs: Any) -> None:
+        if llm is None:
+            if base is None:
+                raise PromptError("BlendIn needs llm=BlendedLLM(...) or base=... (and guides=...)")
+            llm = BlendedLLM(base, guides, config or BlendConfig())
+        elif not isinstance(llm, BlendedLLM):
+            raise TypeError(f"llm must be a BlendedLLM, got {type(llm).__name__}")
+        kwargs.setdefault("model_name", llm.name)
+        super().__init__(**kwargs)
+        self._llm = llm
+
+    @property
+    def engine(self) -> BlendedLLM:
+        return self._llm
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "BlendIn_LLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        ctx = self.context_window or self._llm.base.context_length or 4096
+        return LLMMetadata(context_window=ctx, num_output=self.max_new_tokens, is_chat_model=True,
+                           is_function_calling_model=True, model_name=self.model_name)
+
+    def _opts(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "max_new_tokens": kwargs.pop("max_new_tokens", kwargs.pop("max_tokens", self.max_new_tokens)),
+            "temperature": kwargs.pop("temperature", self.temperature),
+            "top_p": self.top_p, "stop": kwargs.pop("stop", None) or self.stop,
+            "logprobs": kwargs.pop("logprobs", self.logprobs),
+            "top_logprobs": kwargs.pop("top_logprobs", self.top_logprobs),
+        }
+        for name in ("strategy", "gamma", "alpha"):
+            if getattr(self, name) is not None:
+                opts[name] = getattr(self, name)
+        for k in ("tools", "tool_choice", "parallel_tool_calls", "response_format", "seed",
+                  "strategy", "gamma", "alpha"):
+            if kwargs.get(k) is not None:
+                opts[k] = kwargs[k]
+        return opts
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        opts = self._opts(kwargs)
+        return to_chat_response(self._llm.generate(to_core_messages(messages), **opts))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        events = self._llm.stream(to_core_messages(messages), **self._opts(kwargs))
+
+        def gen() -> ChatResponseGen:
+            text = ""
+            for event in events:
+                text += event.text
+                yield to_stream_response(event, text)
+
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        opts = self._opts(kwargs)
+        return to_chat_response(await self._llm.agenerate(to_core_messages(messages), **opts))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any
+                           ) -> ChatResponseAsyncGen:
+        core, opts = to_core_messages(messages), self._opts(kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            text = ""
+            async for event in self._llm.astream(core, **opts):
+                text += event.text
+                yield to_stream_response(event, text)
+
+        return gen()
+
+    # completions are one user turn of a chat
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return chat_to_completion_decorator(self.chat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
+                        ) -> CompletionResponseGen:
+        return stream_chat_to_completion_decorator(self.stream_chat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any
+                        ) -> CompletionResponse:
+        return await achat_to_completion_decorator(self.achat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
+                               ) -> CompletionResponseAsyncGen:
+        return await astream_chat_to_completion_decorator(self.astream_chat)(prompt, **kwargs)
+
+    # -- tools ---------------------------------------------------------------------------------
+    def _prepare_chat_with_tools(self, tools: Sequence[Any], user_msg: Any = None,
+                                 chat_history: Optional[list[ChatMessage]] = None,
+                                 verbose: bool = False, allow_parallel_tool_calls: bool = False,
+                                 tool_required: bool = False, **kwargs: Any) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg)
+                            if isinstance(user_msg, str) else user_msg)
+        return {"messages": messages, "tools": [t.metadata.to_openai_tool() for t in tools],
+                "tool_choice": "required" if tool_required else "auto",
+                "parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
+
+    def get_tool_calls_from_response(self, response: ChatResponse,
+                                     error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected at least one tool call, got none: {response.message.content!r}")
+        return [ToolSelection(tool_id=c["id"], tool_name=c["name"], tool_kwargs=c["arguments"])
+                for c in calls]
+
+
+# -- reliability for query engines ---------------------------------------------------------------
+_sinks: contextvars.ContextVar[tuple[list, ...]] = contextvars.ContextVar("blendin_sinks", default=())
+
+
+class _Recorder(BaseEventHandler):
+    @classmethod
+    def class_name(cls) -> str:
+        return "BlendInReliabilityRecorder"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        if isinstance(event, BlendInReliabilityEvent):
+            for sink in _sinks.get():
+                sink.append(event)
+
+
+_recorder: _Recorder | None = None
+
+
+def _ensure_recorder() -> None:
+    global _recorder
+    if _recorder is None:
+        _recorder = _Recorder()
+        get_dispatcher().add_event_handler(_recorder)
+
+
+class ReliableQueryEngine:
+    """Wraps a query engine: each ``Response.metadata`` gets ``"reliability"`` (the record of
+    the answer's last LLM call, the one that wrote the final text), ``"reliability_records"``
+    (every call's) and ``"flagged"``. With ``raise_on_low=True`` (or ``min_score``) a low answer
+    raises ``LowReliabilityError`` instead, for a caller that routes or retries."""
+
+    def __init__(self, query_engine: Any, *, raise_on_low: bool = False,
+                 min_score: float | None = None) -> None:
+        _ensure_recorder()
+        self.query_engine = query_engine
+        self.raise_on_low = raise_on_low or min_score is not None
+        self.min_score = min_score
+
+    def _attach(self, response: Any, records: list) -> Any:
+        if not records:
+            raise RuntimeError("no BlendIn answer was recorded; is Settings.llm a BlendIn LLM?")
+        rec = records[-1].reliability
+        response.metadata = dict(response.metadata or {})
+        response.metadata.update(reliability=rec, flagged=rec["flagged"],
+                                 reliability_records=[r.reliability for r in records])
+        if self.raise_on_low:
+            check_reliability(rec, min_score=self.min_score, answer=str(response))
+        return response
+
+    def query(self, query: Any) -> Any:
+        records: list = []
+        token = _sinks.set((*_sinks.get(), records))
+        try:
+            response = self.query_engine.query(query)
+        finally:
+            _sinks.reset(token)
+        return self._attach(response, records)
+
+    async def aquery(self, query: Any) -> Any:
+        records: list = []
+        token = _sinks.set((*_sinks.get(), records))
+        try:
+            response = await self.query_engine.aquery(query)
+        finally:
+            _sinks.reset(token)
+        return self._attach(response, records)
+
+
+def with_reliability(query_engine: Any, **kwargs: Any) -> ReliableQueryEngine:
+    """``with_reliability(index.as_query_engine()).query(q).metadata["reliability"]``."""
+    return ReliableQueryEngine(query_engine, **kwargs)
