@@ -116,8 +116,8 @@ def _instruction(tools: list[dict[str, Any]], choice: str | None, fmt: dict | No
             choice, f"You must call the tool {choice}.")
         parts.append(
             "You can call these tools (JSON schemas):\n" + listing + "\n\n"
-            f"{must} To call a tool, reply with only:\n"
-            f'{OPEN}{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}{CLOSE}\n'
+            f"{must} To call a tool, reply with only a call like this one (with your values):\n"
+            f"{_example_call(tools[0] if choice in ('auto', 'required') else _named(tools, choice))}\n"
             "Results come back in <tool_response> blocks."
         )
     if fmt is not None:
@@ -126,6 +126,22 @@ def _instruction(tools: list[dict[str, Any]], choice: str | None, fmt: dict | No
                      + (" that matches this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
                         if schema else "."))
     return "\n\n".join(parts)
+
+
+_EXAMPLE_VALUES = {"integer": 2, "number": 1.5, "boolean": True, "array": [], "object": {}}
+
+
+def _named(tools: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(t for t in tools if t["name"] == name)
+
+
+def _example_call(tool: dict[str, Any]) -> str:
+    """A call of ``tool`` with a placeholder value of the right type for each argument (small
+    models copy a schematic ``<arguments>`` literally; they copy a well-formed call's shape)."""
+    props = (tool["parameters"].get("properties") or {})
+    args = {k: _EXAMPLE_VALUES.get(v.get("type") if isinstance(v, dict) else None, "...")
+            for k, v in props.items()}
+    return _call_text({"name": tool["name"], "arguments": args})
 
 
 def _call_text(call: Mapping[str, Any]) -> str:
@@ -164,7 +180,7 @@ def render_tool_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]
     if tools and choice == "required":
         prefix = OPEN + '{"name": "'
     elif tools and choice not in (None, "auto", "none"):
-        prefix = OPEN + json.dumps({"name": choice}, ensure_ascii=False)[:-1] + ', "arguments": '
+        prefix = OPEN + json.dumps({"name": choice}, ensure_ascii=False)[:-1] + ', "arguments": {'
     elif fmt is not None:
         prefix = "{"
     else:
@@ -195,6 +211,18 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+def _close_braces(raw: str) -> str:
+    """Small models often close the arguments but not the call ('{"name": "f", "arguments":
+    {"a": 1}' then a stray character): cut after the last closing brace and close what is open."""
+    state, last = JsonEnd(), None
+    for i, ch in enumerate(raw):
+        if state.feed(ch) >= 0:
+            return raw  # complete: nothing to repair
+        if ch == "}" and not state.in_str:
+            last = (i + 1, state.depth)
+    return raw[: last[0]] + "}" * last[1] if last and last[1] > 0 else raw
+
+
 def parse_tool_calls(captured: str, tools: list[dict[str, Any]], finished: bool
                      ) -> tuple[list[ToolCall], list[InvalidToolCall]]:
     """Tool calls out of the captured text (every ``<tool_call>`` block, closed or not)."""
@@ -206,7 +234,7 @@ def parse_tool_calls(captured: str, tools: list[dict[str, Any]], finished: bool
         raw = block.split(CLOSE, 1)[0].strip()
         cid = new_call_id()
         try:
-            obj, _ = dec.raw_decode(raw)  # ignores whatever follows the object
+            obj, _ = dec.raw_decode(_close_braces(raw))  # ignores whatever follows the object
         except ValueError as e:
             why = ("the answer ended inside the tool call (raise max_tokens)" if not finished
                    else f"the tool call is not valid JSON: {e}")

@@ -105,7 +105,7 @@ def oracle(prompt: str) -> str:
         result = last.split(">", 1)[1].split("</tool_response>")[0].strip()
         return f"The tool says {result}."
     if tools:
-        forced = re.search(r'"name": "([^"]+)", "arguments": $', prompt)
+        forced = re.search(r'"name": "([^"]+)", "arguments": \{$', prompt)
         named = [t for t in tools if t["name"] in last]
         tool = next((t for t in tools if forced and t["name"] == forced.group(1)),
                     named[0] if named else tools[0])

@@ -38,6 +38,9 @@ def scripted(chat_tok):
     ('<tool_call>{"name": "magic", "arguments": "{\\"input\\": 3}"}</tool_call>', "magic", {"input": 3}),
     ('<tool_call>{"name": "weather", "arguments": {}} and then some chatter', "weather", {}),
     ('<tool_call>{"name": "weather", "arguments": {"location": "東京"}}', "weather", {"location": "東京"}),
+    # the call's own object left open: closed after the arguments
+    ('<tool_call>{"name": "magic", "arguments": {\n "input": 3\n}</tool_call>', "magic", {"input": 3}),
+    ('<tool_call>{"name": "magic", "arguments": {"input": 3})\n', "magic", {"input": 3}),
 ])
 def test_parse_valid_calls(captured, name, args):
     calls, invalid = parse_tool_calls(captured, TOOLS, finished=True)
@@ -110,7 +113,7 @@ def test_a_named_tool_choice_is_prefilled_and_obeyed(scripted, choice):
     res = llm.generate("What is magic(3)?", tools=[MAGIC, WEATHER], tool_choice=choice)
     assert [c.name for c in res.tool_calls] == ["weather"]
     prompt = llm.base.prompts[-1]
-    assert prompt.endswith('<tool_call>{"name": "weather", "arguments": ')
+    assert prompt.endswith('<tool_call>{"name": "weather", "arguments": {')
 
 
 def test_required_tool_choice_prefills_the_call_opening(scripted):
