@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence, Union
 
 from .config import ModelSpec
 from .errors import PromptError
+from .tools import call_arguments
 
 Message = dict[str, Any]
 PromptLike = Union[str, Sequence[Union[Mapping[str, Any], tuple[str, str]]]]
@@ -29,8 +30,7 @@ def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
                 f"message {i}: each tool call must be {{'id': ..., 'name': ..., 'arguments': {{...}}}}"
                 f" or OpenAI's {{'id': ..., 'function': {{'name': ..., 'arguments': '...'}}}}, got {c!r}"
             )
-        out.append({"id": c.get("id"), "name": fn["name"],
-                    "arguments": fn.get("arguments", fn.get("args", {}))})
+        out.append({"id": c.get("id"), "name": fn["name"], "arguments": call_arguments(fn)})
     return out
 
 

@@ -46,14 +46,16 @@ class StopMatcher:
     """Releases text only when it can no longer be the start of a stop string.
 
     ``push(delta)`` returns ``(text to emit, matched stop string or None)``. A stop string split
-    across tokens is never emitted, not even in part; text after a match is dropped.
+    across tokens is never emitted, not even in part; text after a match is not emitted (it is
+    kept in ``after`` for a caller that wants it).
     """
 
-    __slots__ = ("stops", "held", "_max_hold")
+    __slots__ = ("stops", "held", "after", "_max_hold")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(stops)
         self.held = ""
+        self.after = ""
         self._max_hold = max((len(s) for s in self.stops), default=1) - 1
 
     def push(self, delta: str) -> tuple[str, str | None]:
@@ -67,6 +69,7 @@ class StopMatcher:
                 best, hit = i, s
         if hit is not None:
             self.held = ""
+            self.after = buf[best + len(hit):]
             return buf[:best], hit
         keep = 0
         for n in range(min(self._max_hold, len(buf)), 0, -1):

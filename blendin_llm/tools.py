@@ -23,6 +23,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field
 
 from .errors import GenerationArgumentError, PromptError
+from .text import StopMatcher
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -144,15 +145,21 @@ def _example_call(tool: dict[str, Any]) -> str:
     return _call_text({"name": tool["name"], "arguments": args})
 
 
-def _call_text(call: Mapping[str, Any]) -> str:
-    fn = call.get("function", call)
-    args = fn.get("arguments", fn.get("args", {}))
+def call_arguments(call: Mapping[str, Any]) -> Any:
+    """A call's arguments under any of the usual keys, decoded when they are a JSON string."""
+    args = call.get("arguments", call.get("parameters", call.get("args", {})))
     if isinstance(args, str):
         try:
-            args = json.loads(args)
+            return json.loads(args)
         except ValueError:
             pass
-    return OPEN + json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False) + CLOSE
+    return args
+
+
+def _call_text(call: Mapping[str, Any]) -> str:
+    """A call (``{"name", "arguments"}``) written the way the models are asked to write one."""
+    return (OPEN + json.dumps({"name": call["name"], "arguments": call["arguments"]},
+                              ensure_ascii=False) + CLOSE)
 
 
 def render_tool_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]],
@@ -244,13 +251,7 @@ def parse_tool_calls(captured: str, tools: list[dict[str, Any]], finished: bool
             invalid.append(InvalidToolCall(id=cid, arguments=raw,
                                            error='a tool call must be {"name": ..., "arguments": {...}}'))
             continue
-        name = obj["name"]
-        args = obj.get("arguments", obj.get("parameters", obj.get("args", {})))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                pass
+        name, args = obj["name"], call_arguments(obj)
         if name not in names:
             invalid.append(InvalidToolCall(id=cid, name=name, arguments=raw,
                                            error=f"unknown tool {name!r}; bound tools: {sorted(names)}"))
@@ -313,10 +314,10 @@ class ToolCallCapture:
     """Releases text up to a ``<tool_call>`` and captures everything from there on. Without
     ``parallel`` the answer ends when the first call's JSON object closes."""
 
-    __slots__ = ("held", "captured", "parallel", "json")
+    __slots__ = ("opening", "captured", "parallel", "json")
 
     def __init__(self, parallel: bool = False) -> None:
-        self.held = ""
+        self.opening = StopMatcher([OPEN])  # holds back a tag split across tokens
         self.captured = ""
         self.parallel = parallel
         self.json: JsonEnd | None = None
@@ -326,16 +327,11 @@ class ToolCallCapture:
             if self.json is not None and self.json.closed:
                 return "", ""  # the call is complete; nothing more belongs to it
             return "", self._capture(delta)
-        buf = self.held + delta
-        i = buf.find(OPEN)
-        if i >= 0:
-            self.held = ""
-            self.captured = OPEN
-            return buf[:i], self._capture(buf[i + len(OPEN):])
-        keep = next((n for n in range(min(len(OPEN) - 1, len(buf)), 0, -1)
-                     if OPEN.startswith(buf[-n:])), 0)
-        self.held = buf[len(buf) - keep:]
-        return buf[: len(buf) - keep], None
+        before, hit = self.opening.push(delta)
+        if hit is None:
+            return before, None
+        self.captured = OPEN
+        return before, self._capture(self.opening.after)
 
     def _capture(self, text: str) -> str | None:
         self.captured += text
@@ -350,8 +346,7 @@ class ToolCallCapture:
         return None
 
     def flush(self) -> str:
-        out, self.held = self.held, ""
-        return out
+        return self.opening.flush()
 
 
 class FilterChain:
