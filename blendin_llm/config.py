@@ -99,6 +99,8 @@ class SamplingParams:
     Sampling applies to the final (blended) distribution: temperature, then top-k, then top-p.
     A ``seed`` makes sampled output reproducible, independent of other calls and threads.
     ``ignore_eos`` keeps generating past EOS tokens (for benchmarks; stop strings still apply).
+    ``logprobs``: None (off), or report each token's log-prob in the final distribution with this
+    many alternatives (0-20).
     """
 
     max_new_tokens: int = 128
@@ -108,6 +110,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         E = GenerationArgumentError
@@ -132,6 +135,9 @@ class SamplingParams:
             if s == "":
                 raise E("stop strings must not be empty: an empty string would match at once")
         object.__setattr__(self, "stop", tuple(dict.fromkeys(stop)))
+        lp = self.logprobs
+        if lp is not None and (not isinstance(lp, int) or isinstance(lp, bool) or not 0 <= lp <= 20):
+            raise E(f"top_logprobs must be an integer in [0, 20], got {lp!r}")
 
     @property
     def greedy(self) -> bool:

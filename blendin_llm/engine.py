@@ -144,14 +144,12 @@ class Generation:
         trace: bool = False,
         stops: Any = None,
         prefix: str = "",
-        top_logprobs: int | None = None,
         tool_capture: ToolCallCapture | None = None,
         tools: list[dict] = (),
     ) -> None:
         """``stops``: the text filter of the answer (default: ``StopMatcher(params.stop)``);
         ``prefix``: text the answer starts with, already in every model's prompt (a prefill);
-        ``top_logprobs``: None, or report each token's log-prob in the final distribution with
-        this many alternatives; ``tool_capture``: the filter (in ``stops``) that captures tool
+        ``tool_capture``: the filter (in ``stops``) that captures tool
         calls, parsed against ``tools`` at the end."""
         self.base = base
         self.strategy = strategy
@@ -183,7 +181,7 @@ class Generation:
         self.detok = IncrementalDetokenizer(base.tokenizer)
         self.stops = stops if stops is not None else StopMatcher(params.stop)
         self.prefix = prefix
-        self.top_logprobs = top_logprobs
+        self.top_logprobs = params.logprobs
         self.tool_capture = tool_capture
         self.tools = tools
         self.tracker = ReliabilityTracker(

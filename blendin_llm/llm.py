@@ -12,7 +12,7 @@ from .backends.base import ModelBackend
 from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
-from .errors import ConfigError, GenerationArgumentError, IncompatibleModelsError, PromptError
+from .errors import ConfigError, IncompatibleModelsError, PromptError
 from .prompts import PromptLike, normalize_messages, resolved_format, turn_stops
 from .results import BlendResult, StreamEvent
 from .strategies import get_strategy
@@ -100,6 +100,7 @@ class BlendedLLM:
         self.vocab_maps = self._check_models(force_cross=cross_vocab == "always")
         self._check_config(self.config)
         self.turn_stops = turn_stops(self.base.spec, self.base.tokenizer)
+        self.plain_base = resolved_format(self.base.spec, self.base.tokenizer) == "plain"
         self.name = name or "+".join([self.base.name, *(g.name for g in self.guides)])
         self._lock = threading.Lock()
 
@@ -138,8 +139,7 @@ class BlendedLLM:
     # -- generation --------------------------------------------------------------------------
     def _prepare(self, prompt: PromptLike, params: SamplingParams, config: BlendConfig,
                  trace: bool, tools: Any = None, tool_choice: Any = None,
-                 response_format: Any = None, parallel_tool_calls: bool = False,
-                 top_logprobs: int | None = None) -> Generation:
+                 response_format: Any = None, parallel_tool_calls: bool = False) -> Generation:
         messages = normalize_messages(prompt)
         check_tool_history(messages)
         tools = normalize_tools(tools)
@@ -162,7 +162,7 @@ class BlendedLLM:
                 budget = min(budget, ctx - len(ids))
         # the answer's text filters: stop strings always, the others only when they are needed
         filters: list[Any] = [StopMatcher(params.stop)]
-        if resolved_format(self.base.spec, self.base.tokenizer) == "plain":
+        if self.plain_base:
             filters.insert(0, LeadingSpace())
         capture = ToolCallCapture(parallel_tool_calls) if tools and choice != "none" else None
         if capture is not None:
@@ -174,7 +174,7 @@ class BlendedLLM:
             strategy=get_strategy(config), config=config, params=params, prompt_ids=prompt_ids,
             budget=budget, model_name=self.name, trace=trace,
             stops=filters[0] if len(filters) == 1 else FilterChain(filters), prefix=prefix,
-            top_logprobs=top_logprobs, tool_capture=capture, tools=tools,
+            tool_capture=capture, tools=tools,
         )
 
     def stream(
@@ -219,15 +219,14 @@ class BlendedLLM:
         """
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, top_k=top_k, seed=seed,
-                                stop=() if stop is None else stop, ignore_eos=ignore_eos)
+                                stop=() if stop is None else stop, ignore_eos=ignore_eos,
+                                logprobs=top_logprobs if logprobs or top_logprobs else None)
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
-        if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool) or not 0 <= top_logprobs <= 20:
-            raise GenerationArgumentError(f"top_logprobs must be an integer in [0, 20], got {top_logprobs!r}")
         config = self._resolve_config(config_overrides)
         gen = self._prepare(
             prompt, params, config, trace, tools, tool_choice, response_format,
-            parallel_tool_calls, top_logprobs if logprobs or top_logprobs else None,
+            parallel_tool_calls,
         )
         return self._locked(gen)
 
