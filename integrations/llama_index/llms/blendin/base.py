@@ -9,8 +9,9 @@ collects those events into each ``Response.metadata``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Optional
 
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
@@ -317,6 +318,17 @@ def _ensure_recorder() -> None:
         get_dispatcher().add_event_handler(_recorder)
 
 
+@contextlib.contextmanager
+def _recording() -> Iterator[list]:
+    """Collects the reliability events dispatched inside the block (this context only)."""
+    records: list = []
+    token = _sinks.set((*_sinks.get(), records))
+    try:
+        yield records
+    finally:
+        _sinks.reset(token)
+
+
 class ReliableQueryEngine:
     """Wraps a query engine: each ``Response.metadata`` gets ``"reliability"`` (the record of
     the answer's last LLM call, the one that wrote the final text), ``"reliability_records"``
@@ -342,21 +354,13 @@ class ReliableQueryEngine:
         return response
 
     def query(self, query: Any) -> Any:
-        records: list = []
-        token = _sinks.set((*_sinks.get(), records))
-        try:
+        with _recording() as records:
             response = self.query_engine.query(query)
-        finally:
-            _sinks.reset(token)
         return self._attach(response, records)
 
     async def aquery(self, query: Any) -> Any:
-        records: list = []
-        token = _sinks.set((*_sinks.get(), records))
-        try:
+        with _recording() as records:
             response = await self.query_engine.aquery(query)
-        finally:
-            _sinks.reset(token)
         return self._attach(response, records)
 
 
