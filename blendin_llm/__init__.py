@@ -2,7 +2,7 @@
 and every answer comes with a reliability record."""
 
 from .backends import ModelBackend, SequenceState, TransformersBackend
-from .config import BlendConfig, ModelSpec, ReliabilityConfig, SamplingParams
+from .config import BlendConfig, MitigationConfig, ModelSpec, ReliabilityConfig, SamplingParams
 from .errors import (
     BlendInError,
     ConfigError,
@@ -29,7 +29,7 @@ from .strategies import Strategy, StepView, available_strategies, register_strat
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlendedLLM", "BlendConfig", "ModelSpec", "ReliabilityConfig", "SamplingParams",
+    "BlendedLLM", "BlendConfig", "MitigationConfig", "ModelSpec", "ReliabilityConfig", "SamplingParams",
     "BlendResult", "Reliability", "GuideStats", "StreamEvent", "TraceEntry", "Usage",
     "Strategy", "StepView", "available_strategies", "register_strategy",
     "ModelBackend", "SequenceState", "TransformersBackend", "load_backend",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from rich.text import Text
 from .config import BlendConfig
 from .errors import BlendInError
 from .results import BlendResult, Reliability
+from .evaluation import DEFAULT_STRATEGIES as _DEFAULT_STRATEGIES
 from .sources import DEFAULT_BASE, DEFAULT_GUIDE, PRESETS, cache_dir, converted_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -168,6 +170,128 @@ def chat(
         out.print()
         history.append({"role": "assistant", "content": result.text.strip()})
         out.print(reliability_table(result.reliability))
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2) from None
+
+
+@app.command("eval")
+def eval_cmd(
+    data: List[str] = typer.Argument(..., help="data files: GSM8K .jsonl, XSTest .csv, or a "
+                                               "generic .jsonl (prompt, answer, label)"),
+    format: str = typer.Option("auto", "--format", help="auto, gsm8k, xstest, jsonl"),
+    limit: Optional[int] = typer.Option(None, help="items per data file"),
+    seed: Optional[int] = typer.Option(None, help="with --limit: a seeded sample (equal shares "
+                                                  "per label) instead of the first items"),
+    fewshot: Optional[str] = typer.Option(None, help="file of exemplars (question/answer or "
+                                                     "prompt/answer JSONL)"),
+    fewshot_k: int = typer.Option(3, help="exemplars taken from --fewshot"),
+    strategies: str = typer.Option(",".join(_DEFAULT_STRATEGIES),
+                                   help="comma-separated; name or name:key=value"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n"),
+    out_dir: str = typer.Option("runs/eval", "--out", help="output directory (records.jsonl, "
+                                                           "report.html, plots/)"),
+    fresh: bool = typer.Option(False, help="discard finished records in --out instead of "
+                                           "resuming"),
+    plots: bool = typer.Option(True, help="write PNG plots"),
+    base: str = typer.Option(DEFAULT_BASE),
+    guide: Optional[List[str]] = typer.Option(None),
+    gamma: float = typer.Option(0.4),
+) -> None:
+    """Compare strategies on local data: per-answer records, a summary table with accuracy,
+    intervention rate, reliability and its AUROC, plots and an HTML report. Resumable."""
+    from .datasets import load_dataset
+    from .evaluation import check_output, parse_strategies, run_eval
+    from .report import write_report
+
+    settings = {"data": [str(d) for d in data], "limit": limit, "seed": seed,
+                "fewshot": fewshot, "fewshot_k": fewshot_k}
+    try:  # everything that can be checked is checked before the models load
+        runs = parse_strategies(strategies)
+        sets = [load_dataset(d, format, limit=limit, seed=seed, fewshot=fewshot,
+                             fewshot_k=fewshot_k) for d in data]
+        for ds in sets:
+            if ds.skipped:
+                err.print(f"[yellow]warning:[/yellow] {ds.name}: {ds.skipped} malformed line(s) "
+                          "skipped")
+        check_output(out_dir)
+        llm = _build(base, guide or [DEFAULT_GUIDE], "blendin", gamma, "auto", None)
+        records = run_eval(llm, sets, [r.label for r in runs], out=out_dir,
+                           max_new_tokens=max_new_tokens, fresh=fresh, settings=settings)
+        rep = write_report(records, out_dir, plots=plots)
+    except BlendInError as exc:
+        _fail(exc)
+    eval_table(rep["rows"])
+    out.print(f"[dim]records: {out_dir}/records.jsonl, report: {rep['html']}[/dim]")
+
+
+def eval_table(rows) -> None:
+    t = Table(title="evaluation", title_justify="left")
+    cols = ("task", "strategy", "n", "accuracy", "interv. rate", "reliability", "flagged",
+            "tok/s", "AUROC score", "AUROC base")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("task", "strategy") else "right")
+    for r in rows:
+        def f(x, fmt="{:.2f}"):
+            return "-" if x is None else fmt.format(x)
+        t.add_row(r["task"], r["strategy"], str(r["n"]), f(r["accuracy"]),
+                  f(r["intervention_rate"]), f(r["reliability"]), f(r["flagged"]),
+                  f(r["tokens_per_s"], "{:.1f}"), f(r["auroc_score"]), f(r["auroc_baseline"]))
+    out.print(t)
+
+
+@app.command()
+def calibrate(
+    data: str = typer.Argument(..., help="prompts: any data file `blendin eval` reads"),
+    n: int = typer.Option(50, "--n", help="prompts to run"),
+    format: str = typer.Option("auto", "--format"),
+    seed: Optional[int] = typer.Option(0, help="seeded sample of the prompts"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    target_rate: float = typer.Option(0.20, help="intervention rate to stay under"),
+    profile: str = typer.Option("blendin-profile.json", help="where to write the profile"),
+    base: str = typer.Option(DEFAULT_BASE),
+    guide: Optional[List[str]] = typer.Option(None),
+) -> None:
+    """Judge a base/guide pair on N prompts: intervention rate, agreement, divergence, a verdict
+    (good / risky / bad), recommended gamma and alpha; writes a profile BlendedLLM can load."""
+    from pathlib import Path
+
+    from .calibration import calibrate as run_calibration
+    from .datasets import load_dataset
+
+    try:
+        ds = load_dataset(data, format, limit=n, seed=seed)
+        if not Path(profile).resolve().parent.is_dir() or not os.access(
+                Path(profile).resolve().parent, os.W_OK):
+            raise BlendInError(f"cannot write the profile to {profile!r}: its directory is "
+                               "missing or not writable; pass another --profile")
+        llm = _build(base, guide or [DEFAULT_GUIDE], "blendin", 0.4, "auto", None)
+        from rich.progress import Progress
+
+        with Progress(transient=True) as prog:
+            task = prog.add_task("calibrating", total=2 * len(ds.items))
+            cal = run_calibration(llm, [it.prompt for it in ds.items],
+                                  max_new_tokens=max_new_tokens, target_rate=target_rate,
+                                  progress=lambda: prog.advance(task))
+        cal.save(profile)
+    except BlendInError as exc:
+        _fail(exc)
+    style = {"good": "bold green", "risky": "bold yellow", "bad": "bold red"}[cal.verdict]
+    t = Table(title=f"calibration on {cal.prompts} prompts", show_header=False,
+              title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("verdict", Text(cal.verdict, style=style))
+    for r in cal.reasons:
+        t.add_row("why", r)
+    t.add_row("recommended", f"strategy {cal.config.strategy}, gamma {cal.gamma}, "
+                             f"alpha {cal.alpha}")
+    for k, v in cal.measurements.items():
+        t.add_row(k.replace("_", " "), "-" if v is None else f"{v:.3f}")
+    out.print(t)
+    out.print(f"[dim]profile: {profile} (BlendedLLM.from_profile)[/dim]")
 
 
 def _installed(name: str) -> bool:

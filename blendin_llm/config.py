@@ -36,7 +36,7 @@ class ReliabilityConfig:
     min_score: float = 0.5
     min_agreement: float = 0.5
     max_divergence: float = 0.5
-    weights: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
 
     def __post_init__(self) -> None:
         for name in ("max_intervention_rate", "min_score", "min_agreement", "max_divergence"):
@@ -51,6 +51,48 @@ class ReliabilityConfig:
 
 
 @dataclass(frozen=True)
+class MitigationConfig:
+    """Run-time mitigation of unreliable guidance (on when ``BlendConfig.mitigation`` is set).
+
+    Guide health: each guide's agreement with the base (top-k, at consulted steps) and the share of
+    steps where the base was unsure are tracked across responses as running averages
+    (``decay`` = weight of the past). After ``min_responses`` responses a guide whose running
+    agreement is below ``off_agreement`` is switched off (not run at all); one below
+    ``min_agreement``, or with a running unsure-step rate above ``max_intervention_rate``, has its
+    alpha multiplied by ``downweight``. It recovers when its numbers do. A switched-off guide is
+    consulted again (down-weighted) every ``probe_every`` responses to re-measure it.
+    ``guide_health=False`` turns this part off.
+
+    ``intervention_cap``: per response, the guides are consulted at no more than this share of the
+    steps so far (the base decides alone beyond it); None = no cap.
+    """
+
+    guide_health: bool = True
+    min_agreement: float = 0.3
+    off_agreement: float = 0.15
+    max_intervention_rate: float = 0.5
+    downweight: float = 0.5
+    min_responses: int = 3
+    decay: float = 0.7
+    probe_every: int = 10
+    intervention_cap: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_agreement", "off_agreement", "max_intervention_rate", "downweight",
+                     "decay"):
+            _check_unit(f"MitigationConfig.{name}", getattr(self, name))
+        if self.off_agreement > self.min_agreement:
+            raise ConfigError("MitigationConfig.off_agreement must be <= min_agreement "
+                              f"(got {self.off_agreement} > {self.min_agreement})")
+        for name in ("min_responses", "probe_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"MitigationConfig.{name} must be an integer >= 1, got {v!r}")
+        if self.intervention_cap is not None:
+            _check_unit("MitigationConfig.intervention_cap (or None)", self.intervention_cap)
+
+
+@dataclass(frozen=True)
 class BlendConfig:
     """How the base and the guides are combined at each step.
 
@@ -60,6 +102,8 @@ class BlendConfig:
     ``alpha``: the guide weight in [0, 1], or ``"auto"`` for the confidence-based rule.
     ``agreement_top_k``: k of "guide's top token is in the base's top-k" (the agreement signal).
     ``reliability``: thresholds for flagging an answer.
+    ``mitigation``: a ``MitigationConfig`` turns on run-time mitigation of unreliable guides
+      (down-weighting, switching off, an intervention cap); None (default) = off.
     """
 
     strategy: str = "blendin"
@@ -67,6 +111,7 @@ class BlendConfig:
     alpha: Alpha = "auto"
     agreement_top_k: int = 10
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
+    mitigation: MitigationConfig | None = None
 
     def __post_init__(self) -> None:
         from .strategies import available_strategies  # late: strategies import this module
@@ -87,9 +132,34 @@ class BlendConfig:
             raise ConfigError(f"agreement_top_k must be an integer >= 1, got {k!r}")
         if not isinstance(self.reliability, ReliabilityConfig):
             raise ConfigError("reliability must be a ReliabilityConfig")
+        if self.mitigation is not None and not isinstance(self.mitigation, MitigationConfig):
+            raise ConfigError("mitigation must be a MitigationConfig or None")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_profile(cls, path: Any) -> "BlendConfig":
+        """The recommended config of a profile written by ``blendin calibrate``."""
+        from .calibration import load_profile
+
+        return load_profile(path)["config"]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BlendConfig":
+        """The inverse of ``to_dict`` (unknown keys are an error)."""
+        data = dict(data)
+        try:
+            if isinstance(data.get("reliability"), dict):
+                rel = dict(data["reliability"])
+                if "weights" in rel:
+                    rel["weights"] = tuple(rel["weights"])
+                data["reliability"] = ReliabilityConfig(**rel)
+            if isinstance(data.get("mitigation"), dict):
+                data["mitigation"] = MitigationConfig(**data["mitigation"])
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"not a BlendConfig: {e}") from None
 
 
 @dataclass(frozen=True)

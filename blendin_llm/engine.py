@@ -146,11 +146,14 @@ class Generation:
         prefix: str = "",
         tool_capture: ToolCallCapture | None = None,
         tools: list[dict] = (),
+        guide_weights: list[float] | None = None,
+        mitigations: list[str] = (),
     ) -> None:
         """``stops``: the text filter of the answer (default: ``StopMatcher(params.stop)``);
         ``prefix``: text the answer starts with, already in every model's prompt (a prefill);
         ``tool_capture``: the filter (in ``stops``) that captures tool
-        calls, parsed against ``tools`` at the end."""
+        calls, parsed against ``tools`` at the end; ``guide_weights``: run-time mitigation
+        weights on the guides' alphas; ``mitigations``: notes for the reliability record."""
         self.base = base
         self.strategy = strategy
         self.config = config
@@ -187,7 +190,15 @@ class Generation:
         self.tracker = ReliabilityTracker(
             config, strategy.name, [g.name for g in guides],
             gated=type(strategy).consult is Strategy.consult, trace=trace,
+            weights=guide_weights, mitigations=list(mitigations),
         )
+        w = guide_weights
+        self.guide_weight = None if w is None or all(x == 1.0 for x in w) else \
+            torch.tensor(w, dtype=torch.float32, device=base.device)
+        cap = config.mitigation.intervention_cap if config.mitigation is not None else None
+        self.cap = cap
+        self.capped = 0  # steps where the cap kept the guides out
+        self.active_guides = [True] * len(self.guides)  # of the instance's guides (mitigation)
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.rng = torch.Generator(device=base.device).manual_seed(seed)
         self._base_logits: torch.Tensor | None = None
@@ -229,7 +240,9 @@ class Generation:
         top_lp, top_id = logp.max(-1)
         base_top1 = math.exp(top_lp.item())
         if self.guides and self.strategy.consult(base_top1):
-            return self._blend(logp, top_lp, top_id, base_top1)
+            if self.cap is None or self.tracker.interventions < self.cap * (self.tracker.tokens + 1):
+                return self._blend(logp, top_lp, top_id, base_top1)
+            self.capped += 1
         if self.params.greedy:
             token = int(top_id)
             c = _Choice(token, base_top1, base_top1, base_top1, consulted=False)
@@ -264,7 +277,8 @@ class Generation:
             self.guide_tokens += ran
         guide_probs = torch.stack(guide_probs)
         g_top1, g_arg = guide_probs.max(-1)
-        view = StepView(p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg])
+        view = StepView(p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg],
+                        self.guide_weight)
         mixed, alphas = self.strategy.combine(view)
         if self.params.greedy:
             tok = mixed.argmax()
@@ -355,7 +369,7 @@ class Generation:
             token_ids=list(self.generated),
             usage=Usage(prompt_tokens=prompt_n, completion_tokens=n, total_tokens=prompt_n + n,
                         guide_tokens_computed=self.guide_tokens),
-            reliability=tracker.finish(),
+            reliability=tracker.finish(capped=self.capped, intervention_cap=self.cap),
             model=self.model_name,
             elapsed_s=time.perf_counter() - t0,
             logprobs=logprobs,

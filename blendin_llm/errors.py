@@ -38,3 +38,11 @@ class LowReliabilityError(BlendInError):
         super().__init__(message)
         self.reliability = reliability
         self.answer = answer
+
+
+class DatasetError(BlendInError, ValueError):
+    """An evaluation data set cannot be read: missing file, unknown format, no usable item."""
+
+
+class EvalError(BlendInError, RuntimeError):
+    """An evaluation run cannot proceed as asked (output not writable, mismatched resume, ...)."""

@@ -12,6 +12,7 @@ from .backends.base import ModelBackend
 from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
+from .mitigation import GuideMonitor
 from .errors import ConfigError, IncompatibleModelsError, PromptError
 from .prompts import PromptLike, normalize_messages, resolved_format, turn_stops
 from .results import BlendResult, StreamEvent
@@ -103,6 +104,21 @@ class BlendedLLM:
         self.plain_base = resolved_format(self.base.spec, self.base.tokenizer) == "plain"
         self.name = name or "+".join([self.base.name, *(g.name for g in self.guides)])
         self._lock = threading.Lock()
+        self.guide_monitor = GuideMonitor([g.name for g in self.guides])
+
+    @classmethod
+    def from_profile(cls, path: Any, base: ModelLike | None = None,
+                     guides: Sequence[ModelLike] | ModelLike | None = None,
+                     **kwargs: Any) -> "BlendedLLM":
+        """The pair and the recommended config of a profile written by ``blendin calibrate``
+        (``base``/``guides`` replace the models it names, e.g. already-loaded ones)."""
+        from .calibration import load_profile
+
+        prof = load_profile(path)
+        models = prof.get("models") or {}
+        return cls(base if base is not None else models.get("base"),
+                   guides if guides is not None else models.get("guides"),
+                   prof["config"], **kwargs)
 
     # -- checks ----------------------------------------------------------------------------
     def _check_models(self, force_cross: bool) -> list[VocabMap | None]:
@@ -146,7 +162,12 @@ class BlendedLLM:
         choice = normalize_tool_choice(tool_choice, tools)
         fmt = normalize_response_format(response_format)
         messages, prefix = render_tool_turns(messages, tools, choice, fmt)
-        models = [self.base, *self.guides]
+        # run-time mitigation: switched-off guides (weight 0) do not take part at all
+        weights, notes = self.guide_monitor.plan(config.mitigation)
+        active = [w > 0 for w in weights]
+        guides = [g for g, a in zip(self.guides, active) if a]
+        vocab_maps = [m for m, a in zip(self.vocab_maps, active) if a]
+        models = [self.base, *guides]
         prompt_ids = [m.encode_prompt(messages, prefix) for m in models]
         budget = params.max_new_tokens
         for m, ids in zip(models, prompt_ids):
@@ -169,13 +190,16 @@ class BlendedLLM:
             filters.append(capture)
         elif fmt is not None:
             filters.append(JsonAnswer())
-        return Generation(
-            base=self.base, guides=self.guides, vocab_maps=self.vocab_maps,
+        gen = Generation(
+            base=self.base, guides=guides, vocab_maps=vocab_maps,
             strategy=get_strategy(config), config=config, params=params, prompt_ids=prompt_ids,
             budget=budget, model_name=self.name, trace=trace,
             stops=filters[0] if len(filters) == 1 else FilterChain(filters), prefix=prefix,
             tool_capture=capture, tools=tools,
+            guide_weights=[w for w in weights if w > 0], mitigations=notes,
         )
+        gen.active_guides = active
+        return gen
 
     def stream(
         self,
@@ -232,7 +256,11 @@ class BlendedLLM:
 
     def _locked(self, gen: Generation) -> Iterator[StreamEvent]:
         with self._lock:
-            yield from gen.events()
+            for event in gen.events():
+                if event.done:
+                    self.guide_monitor.observe(event.result.reliability, gen.config.mitigation,
+                                               gen.active_guides)
+                yield event
 
     async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` for asyncio: decoding runs in a worker thread, so the event loop keeps

@@ -27,7 +27,8 @@ class ReliabilityTracker:
     """Accumulates plain-float sums per step; ``finish()`` builds the Reliability record."""
 
     def __init__(self, config: BlendConfig, strategy: str, guide_names: list[str], gated: bool,
-                 trace: bool) -> None:
+                 trace: bool, weights: list[float] | None = None,
+                 mitigations: list[str] | None = None) -> None:
         self.config = config
         self.strategy = strategy
         self.gated = gated  # the strategy consults exactly when the base is unsure
@@ -45,6 +46,8 @@ class ReliabilityTracker:
         self.g_agreek = [0.0] * g
         self.g_js = [0.0] * g
         self.trace: list[TraceEntry] | None = [] if trace else None
+        self.weights = weights or [1.0] * g
+        self.mitigations = mitigations or []
 
     def step(self, base_top1: float, prob: float, base_prob: float) -> None:
         self.tokens += 1
@@ -63,7 +66,7 @@ class ReliabilityTracker:
             self.g_agreek[i] += agreek[i]
             self.g_js[i] += js[i]
 
-    def finish(self) -> Reliability:
+    def finish(self, capped: int = 0, intervention_cap: float | None = None) -> Reliability:
         cfg, rc = self.config, self.config.reliability
         n, k, g = self.tokens, self.interventions, len(self.names)
         guides = [
@@ -75,6 +78,7 @@ class ReliabilityTracker:
                 agreement_topk=_mean(self.g_agreek[i], k),
                 mean_top1=_mean(self.g_top1[i], k),
                 mean_divergence=_mean(self.g_js[i], k),
+                weight=self.weights[i],
             )
             for i, name in enumerate(self.names)
         ]
@@ -110,11 +114,16 @@ class ReliabilityTracker:
         if k and js is not None and js > rc.max_divergence:
             reasons.append(f"mean divergence {js:.2f} > {rc.max_divergence:.2f} bits")
 
+        mitigations = list(self.mitigations)
+        if capped:
+            mitigations.append(f"intervention cap {intervention_cap:.2f}: the guides were kept out at {capped} "
+                               "step(s) where the base was unsure")
         return Reliability(
             strategy=self.strategy,
             tokens=n,
             interventions=k,
             intervention_rate=rate,
+            base_unsure_rate=unsure,
             mean_alpha=over_guides(self.g_alpha),
             agreement_top1=over_guides(self.g_agree1),
             agreement_topk=agree_k,
@@ -130,6 +139,7 @@ class ReliabilityTracker:
             ),
             flagged=bool(reasons),
             reasons=reasons,
+            mitigations=mitigations,
             trace=self.trace,
         )
 

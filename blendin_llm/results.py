@@ -52,6 +52,7 @@ class GuideStats(BaseModel):
     mean_divergence: Optional[float] = Field(
         None, description="mean Jensen-Shannon divergence to the base, in bits ([0, 1])"
     )
+    weight: float = Field(1.0, description="run-time mitigation weight on this guide's alpha")
 
 
 class ScoreComponents(BaseModel):
@@ -67,6 +68,9 @@ class Reliability(BaseModel):
     tokens: int
     interventions: int
     intervention_rate: float
+    base_unsure_rate: float = Field(
+        0.0, description="share of steps where the base's top-1 probability was below gamma"
+    )
     mean_alpha: Optional[float] = None
     agreement_top1: Optional[float] = None
     agreement_topk: Optional[float] = None
@@ -84,6 +88,11 @@ class Reliability(BaseModel):
     components: ScoreComponents
     flagged: bool
     reasons: list[str] = Field(default_factory=list)
+    mitigations: list[str] = Field(
+        default_factory=list,
+        description="run-time mitigations applied to this response (down-weighted or switched-off "
+        "guides, intervention cap)",
+    )
     trace: Optional[list[TraceEntry]] = None
 
 

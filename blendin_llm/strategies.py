@@ -46,7 +46,9 @@ class StepView:
     """What a strategy may look at when the guides were consulted (all in the base's token space).
 
     base_probs: [V]; guide_probs: [G, V]; base_top1: scalar tensor; guide_top1: [G] (each guide's
-    top-1 probability); guide_argmax: [G]; base_at_guide_top: [G] = p_base(argmax of guide i).
+    top-1 probability); guide_argmax: [G]; base_at_guide_top: [G] = p_base(argmax of guide i);
+    guide_weight: [G] run-time mitigation weights that ``combine`` multiplies the alphas by (None
+    = all 1).
     """
 
     base_probs: torch.Tensor
@@ -55,6 +57,7 @@ class StepView:
     guide_top1: torch.Tensor
     guide_argmax: torch.Tensor
     base_at_guide_top: torch.Tensor
+    guide_weight: torch.Tensor | None = None
 
 
 class Strategy:
@@ -77,6 +80,8 @@ class Strategy:
     def combine(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (distribution [V], alphas [G])."""
         a = self.alphas(view).to(view.guide_probs.dtype)
+        if view.guide_weight is not None:
+            a = a * view.guide_weight
         g = a.shape[0]
         mixed = (a / g) @ view.guide_probs
         mixed = mixed + (1.0 - a.mean()) * view.base_probs
