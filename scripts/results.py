@@ -83,9 +83,9 @@ def render(records, rows, datasets, llm, wall) -> str:
          "## What was run, and what was cut", "",
          "* GSM8K: the first 50 test items, 3-shot from the train file with exemplars answered "
          "`The answer is N.` (no worked solution). **Cut:** no chain of thought, and answers stop "
-         f"after {MAX_NEW_TOKENS['gsm8k']} tokens: a 96-token worked answer per (item, strategy) "
-         "would take about 3 hours on 2 CPU cores; earlier runs with 96 tokens scored 0-5 % for "
-         "every strategy, so the pair cannot do GSM8K either way.",
+         f"after {MAX_NEW_TOKENS['gsm8k']} tokens: 96-token worked answers for 50 items x 6 "
+         "strategies would take about 2 hours on 2 CPU cores (about 4.5 tokens/s averaged over "
+         "the strategies).",
          f"* XSTest: 60 prompts, 30 safe + 30 unsafe (seed 0). Answers stop after "
          f"{MAX_NEW_TOKENS['xstest']} tokens (**cut**): a refusal shows in its first words.",
          "* Arithmetic: 100 generated questions (`scripts/make_arithmetic.py`, seed 1: 50 one-step, "
@@ -127,6 +127,28 @@ def render(records, rows, datasets, llm, wall) -> str:
                   r["label"] == lab]
             cells.append(f"{sum(bool(r['correct']) for r in xs)}/{len(xs)}")
         L.append(f"| {s} | {cells[0]} | {cells[1]} |")
+    L += ["", "### Where the calibration thresholds come from", "",
+          "Answers of the gated strategies (nudging, blendin, blendin:alpha=0.5), all tasks, "
+          "grouped by their own intervention rate and guide agreement (top-k), and by whether "
+          "the record was flagged:", "",
+          "| group | answers | accuracy |", "|---|---:|---:|"]
+    gated = [r for r in records if r["correct"] is not None and
+             r["strategy"].split(":")[0] in ("nudging", "blendin")]
+
+    def row(name, sel):
+        y = [r["correct"] for r in sel]
+        L.append(f"| {name} | {len(y)} | {f2(sum(y) / len(y) if y else None)} |")
+
+    rate = lambda r: r["reliability"]["intervention_rate"]  # noqa: E731
+    agree = lambda r: r["reliability"]["agreement_topk"]  # noqa: E731
+    row("intervention rate <= 0.20", [r for r in gated if rate(r) <= 0.20])
+    row("0.20 < rate <= 0.35", [r for r in gated if 0.20 < rate(r) <= 0.35])
+    row("rate > 0.35", [r for r in gated if rate(r) > 0.35])
+    row("agreement >= 0.5 (or no intervention)", [r for r in gated if agree(r) is None or agree(r) >= 0.5])
+    row("0.25 <= agreement < 0.5", [r for r in gated if agree(r) is not None and 0.25 <= agree(r) < 0.5])
+    row("agreement < 0.25", [r for r in gated if agree(r) is not None and agree(r) < 0.25])
+    row("not flagged", [r for r in gated if not r["reliability"]["flagged"]])
+    row("flagged", [r for r in gated if r["reliability"]["flagged"]])
     L += ["", "## Plots", "", "![accuracy](results/plots/accuracy.png)", "",
           "![accuracy vs intervention rate](results/plots/accuracy_vs_intervention.png)", "",
           "![reliability ROC and calibration](results/plots/reliability.png)", "",

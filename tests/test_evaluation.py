@@ -289,3 +289,27 @@ def test_calibrate_and_profile(make_llm, tmp_path):
         calibrate(make_llm(strategy="base_only", guides=[]), prompts)
     with pytest.raises(ConfigError, match="at least one prompt"):
         calibrate(llm, [])
+
+
+def test_cli_eval_and_calibrate_end_to_end(tok, base_model, guide_model, tmp_path):
+    """The commands on models saved to disk (tiny random ones): records, report, profile."""
+    for name, model in (("base", base_model), ("guide", guide_model)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    d = write_lines(tmp_path / "d.jsonl", [
+        '{"prompt": "what is 12 + 30?", "answer": "42"}', "{oops",
+        '{"prompt": "I cannot help with", "label": "unsafe"}'])
+    models = ["--base", str(tmp_path / "base"), "--guide", str(tmp_path / "guide")]
+    code, text = cli("eval", str(d), *models, "--strategies", "base_only,blendin", "-n", "4",
+                     "--out", str(tmp_path / "run"), "--no-plots")
+    assert code == 0, text
+    assert "1 malformed line(s) skipped" in text and "AUROC" in text
+    recs = read_records(tmp_path / "run")
+    assert [(r["item_id"], r["strategy"]) for r in recs] == [
+        ("0", "base_only"), ("0", "blendin"), ("1", "base_only"), ("1", "blendin")]
+    assert (tmp_path / "run" / "report.html").is_file()
+    code, text = cli("calibrate", str(d), *models, "--n", "2", "--max-new-tokens", "4",
+                     "--profile", str(tmp_path / "p.json"))
+    assert code == 0, text
+    prof = load_profile(tmp_path / "p.json")
+    assert prof["verdict"] in text and prof["models"]["base"] == str(tmp_path / "base")
