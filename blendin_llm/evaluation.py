@@ -53,16 +53,22 @@ class StrategyRun:
             key, eq, value = part.partition("=")
             if not eq:
                 raise ConfigError(f"strategy option {part!r} in {text!r} must be key=value")
-            try:
-                over[key.strip()] = float(value) if key.strip() in ("alpha", "gamma") and \
-                    value.strip() != "auto" else value.strip()
-            except ValueError:
-                raise ConfigError(f"{key} in {text!r} must be a number") from None
+            over[key.strip()] = _value(value.strip())
         try:
             BlendConfig(**over)  # check names and values now, not after an hour of decoding
         except TypeError as e:
             raise ConfigError(f"bad strategy {text!r}: {e}") from None
         return cls(text.strip(), over)
+
+
+def _value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, anything else stays a string ('auto')."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_strategies(spec: str | Sequence[str]) -> list[StrategyRun]:

@@ -145,8 +145,10 @@ def test_auroc_hand_cases():
 
 
 def test_parse_strategies():
-    runs = parse_strategies("base_only,blendin:alpha=0.5,gamma=0.3,nudging")
-    assert [r.label for r in runs] == ["base_only", "blendin:alpha=0.5,gamma=0.3", "nudging"]
+    runs = parse_strategies("base_only,blendin:alpha=0.5,gamma=0.3,nudging:agreement_top_k=5")
+    assert [r.label for r in runs] == ["base_only", "blendin:alpha=0.5,gamma=0.3",
+                                      "nudging:agreement_top_k=5"]
+    assert runs[2].overrides == {"strategy": "nudging", "agreement_top_k": 5}
     assert runs[1].overrides == {"strategy": "blendin", "alpha": 0.5, "gamma": 0.3}
     for bad, match in [("magic", "unknown strategy"), ("blendin:alpha=2", "alpha"),
                        ("blendin:alpha", "key=value"), ("blendin,blendin", "twice"),
