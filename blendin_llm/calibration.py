@@ -8,9 +8,11 @@
    intervention rate, guide agreement (guide's top token among the base's top-k), divergence,
    alpha.
 3. Verdict (thresholds in ``VERDICT``): *bad* when the measured intervention rate is above 0.35 or
-   the agreement below 0.25 (the guide mostly pulls where the base would not go: on the default
-   pair's evaluation, see docs/results.md, such answers were the ones flagged and mostly wrong);
-   *good* when the rate is at most 0.20 and the agreement at least 0.5; *risky* otherwise.
+   the agreement below 0.25 (the guide mostly pulls where the base would not go); *good* when the
+   rate is at most 0.20 and the agreement at least 0.5; *risky* otherwise. The 0.20 is BlendIn's
+   pair-level observation (pairs above ~20 % tend to fail); the other cut points are set around
+   it. They judge a PAIR: one pair's evaluation cannot validate them, and per answer the rate and
+   agreement predicted little on the default pair (docs/results.md, "Per-answer signals").
    Alpha mode: "auto", unless auto alpha hardly varies (std < 0.05), then that fixed value (same
    behaviour, simpler to audit). A *bad* pair's profile uses ``base_only``.
 

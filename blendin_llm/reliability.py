@@ -8,10 +8,10 @@ The score (in [0, 1]) is a weighted mean of three components, each in [0, 1]:
   unsure (top-1 < gamma): 1 when the base never needed help, 0.5 at the threshold, 0 at twice it;
 * consensus  = (agreement_topk + (1 - mean_divergence)) / 2 over the consulted steps (1 if none).
 
-Weights come from ``ReliabilityConfig.weights``: default 0.5, 0.5, 0 (consensus is reported but
-not scored: on a development set of 117 default-pair answers it separated right from wrong answers
-no better than chance, AUROC 0.50, while stability did best, 0.78; see docs/results.md for the
-held-out measurement).
+Weights come from ``ReliabilityConfig.weights``: default 0.5, 0.5, 0. Consensus is reported but
+not scored: on a development set of default-pair answers it separated right from wrong answers no
+better than chance, while stability did best (docs/results.md, "Score variants", compares the
+weightings on the results' answers).
 """
 
 from __future__ import annotations

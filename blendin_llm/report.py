@@ -79,6 +79,7 @@ def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[P
         for r in rows:
             if r["task"] == task and r["accuracy"] is not None:
                 ax.scatter(r["intervention_rate"], r["accuracy"], marker=markers[t_i % 10],
+                           color=f"C{t_i % 10}",
                            label=task if r["strategy"] == strategies[0] else None)
                 ax.annotate(r["strategy"], (r["intervention_rate"], r["accuracy"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")

@@ -118,6 +118,21 @@ def render(records, rows, datasets, llm, wall) -> str:
     L.append(f"| all | {len(rs)} | {f2(sum(y) / len(y))} | "
              f"{f2(auroc([r['reliability']['score'] for r in rs], y))} | "
              f"{f2(auroc([baseline_confidence(r) for r in rs], y))} |")
+    L += ["", "### Score variants", "",
+          "The same answers scored with other weights of the score's components (confidence, "
+          "stability, consensus), recomputed from the components stored in each record. The "
+          "default (0.5, 0.5, 0) was chosen on a separate development set (40 arithmetic "
+          "questions generated with seed 0); the first release used (0.5, 0.25, 0.25).", "",
+          "| weights | " + " | ".join(f"AUROC {t}" for t in dict.fromkeys(r["task"] for r in records))
+          + " |", "|---|" + "---:|" * len(set(r["task"] for r in records))]
+    for w in ((0.5, 0.5, 0.0), (0.5, 0.25, 0.25), (1, 0, 0), (0, 1, 0), (0, 0, 1)):
+        cells = []
+        for task in dict.fromkeys(r["task"] for r in records):
+            rs = [r for r in records if r["task"] == task and r["correct"] is not None]
+            vals = [sum(wi * r["reliability"]["components"][c] for wi, c in
+                        zip(w, ("confidence", "stability", "consensus"))) for r in rs]
+            cells.append(f2(auroc(vals, [r["correct"] for r in rs])))
+        L.append(f"| {w} | " + " | ".join(cells) + " |")
     L += ["", "### XSTest by label", "", "| strategy | safe: complied | unsafe: refused |",
           "|---|---:|---:|"]
     for s in DEFAULT_STRATEGIES:
@@ -127,28 +142,30 @@ def render(records, rows, datasets, llm, wall) -> str:
                   r["label"] == lab]
             cells.append(f"{sum(bool(r['correct']) for r in xs)}/{len(xs)}")
         L.append(f"| {s} | {cells[0]} | {cells[1]} |")
-    L += ["", "### Where the calibration thresholds come from", "",
-          "Answers of the gated strategies (nudging, blendin, blendin:alpha=0.5), all tasks, "
-          "grouped by their own intervention rate and guide agreement (top-k), and by whether "
-          "the record was flagged:", "",
-          "| group | answers | accuracy |", "|---|---:|---:|"]
-    gated = [r for r in records if r["correct"] is not None and
-             r["strategy"].split(":")[0] in ("nudging", "blendin")]
-
-    def row(name, sel):
-        y = [r["correct"] for r in sel]
-        L.append(f"| {name} | {len(y)} | {f2(sum(y) / len(y) if y else None)} |")
-
+    L += ["", "### Per-answer signals: intervention rate, agreement, flags", "",
+          "Answers of the gated strategies (nudging, blendin, blendin:alpha=0.5), per task, "
+          "grouped by their own intervention rate, guide agreement (top-k) and flag. (Pooled "
+          "over tasks the groups would mostly sort tasks: XSTest answers have high rates and are "
+          "right more often than arithmetic ones.)", "",
+          "| task | group | answers | accuracy |", "|---|---|---:|---:|"]
     rate = lambda r: r["reliability"]["intervention_rate"]  # noqa: E731
     agree = lambda r: r["reliability"]["agreement_topk"]  # noqa: E731
-    row("intervention rate <= 0.20", [r for r in gated if rate(r) <= 0.20])
-    row("0.20 < rate <= 0.35", [r for r in gated if 0.20 < rate(r) <= 0.35])
-    row("rate > 0.35", [r for r in gated if rate(r) > 0.35])
-    row("agreement >= 0.5 (or no intervention)", [r for r in gated if agree(r) is None or agree(r) >= 0.5])
-    row("0.25 <= agreement < 0.5", [r for r in gated if agree(r) is not None and 0.25 <= agree(r) < 0.5])
-    row("agreement < 0.25", [r for r in gated if agree(r) is not None and agree(r) < 0.25])
-    row("not flagged", [r for r in gated if not r["reliability"]["flagged"]])
-    row("flagged", [r for r in gated if r["reliability"]["flagged"]])
+    groups = [
+        ("intervention rate <= 0.20", lambda r: rate(r) <= 0.20),
+        ("0.20 < rate <= 0.35", lambda r: 0.20 < rate(r) <= 0.35),
+        ("rate > 0.35", lambda r: rate(r) > 0.35),
+        ("agreement >= 0.5 (or no intervention)", lambda r: agree(r) is None or agree(r) >= 0.5),
+        ("agreement < 0.5", lambda r: agree(r) is not None and agree(r) < 0.5),
+        ("not flagged", lambda r: not r["reliability"]["flagged"]),
+        ("flagged", lambda r: r["reliability"]["flagged"]),
+    ]
+    for task in dict.fromkeys(r["task"] for r in records):
+        gated = [r for r in records if r["task"] == task and r["correct"] is not None and
+                 r["strategy"].split(":")[0] in ("nudging", "blendin")]
+        for name, keep in groups:
+            y = [r["correct"] for r in gated if keep(r)]
+            if y:
+                L.append(f"| {task} | {name} | {len(y)} | {f2(sum(y) / len(y))} |")
     L += ["", "## Plots", "", "![accuracy](results/plots/accuracy.png)", "",
           "![accuracy vs intervention rate](results/plots/accuracy_vs_intervention.png)", "",
           "![reliability ROC and calibration](results/plots/reliability.png)", "",
