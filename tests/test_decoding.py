@@ -175,3 +175,30 @@ def test_local_directory_source_loads_and_matches(tmp_path, base_model, tok):
     assert from_dir.generate(PROMPT, max_new_tokens=10).token_ids == \
         in_mem.generate(PROMPT, max_new_tokens=10).token_ids
     assert BlendedLLM((base_model, tok), config=BlendConfig(strategy="base_only")).base.name
+
+
+def test_rollback_past_a_sliding_window(tok):
+    """Gemma-style sliding-window layers cannot be cropped once past their window; rollback then
+    recomputes the kept prefix, and decoding goes on as if never rolled back."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from blendin_llm import TransformersBackend
+
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=16, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"],
+                           max_position_embeddings=128)
+    torch.manual_seed(0)
+    backend = TransformersBackend(Gemma3ForCausalLM(cfg).eval(), tok)
+    ids = list(range(10, 40))
+    state = backend.new_state()
+    with torch.inference_mode():
+        backend.forward(state, ids[:25])
+        backend.rollback(state, 20)  # 25 > window 8: crop alone would raise
+        assert state.tokens == ids[:20]
+        got = backend.forward(state, ids[20:30])
+        fresh = backend.new_state()
+        want = backend.forward(fresh, ids[:30])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

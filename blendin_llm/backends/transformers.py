@@ -112,5 +112,14 @@ class TransformersBackend(ModelBackend):
         drop = len(state.tokens) - length
         if drop <= 0:
             return
-        state.cache.crop(-drop)
+        try:
+            state.cache.crop(-drop)
+        except RuntimeError:
+            # a sliding-window layer past its window keeps no past states to roll back to
+            # (transformers' DynamicSlidingWindowLayer): recompute the kept prefix instead
+            keep = state.tokens[:length]
+            state.cache, state.tokens = self.new_state().cache, []
+            if keep:
+                self.forward(state, keep)
+            return
         del state.tokens[length:]
