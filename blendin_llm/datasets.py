@@ -52,7 +52,8 @@ class Dataset:
 
 
 class _Lines:
-    """JSON objects from a JSONL file; malformed lines are skipped, warned about and counted."""
+    """JSON objects from a JSONL file; malformed lines are skipped, warned about and counted
+    (``_skip`` serves the CSV reader too)."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.skipped, self.problems = path, 0, []
@@ -169,12 +170,11 @@ def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = 
     task = name or {"gsm8k": "gsm8k", "xstest": "xstest"}.get(fmt, path.stem)
     shots = load_fewshot(fewshot, fewshot_k) if fewshot else []
     items: list[EvalItem] = []
-    skipped, problems = 0, []
+    lines = _Lines(path)
 
     def add(i: str, question: Any, **kw: Any) -> None:
-        prompt = shots + [{"role": "user", "content": question}] if shots else question
-        if shots and isinstance(question, list):
-            prompt = shots + question
+        turns = question if isinstance(question, list) else [{"role": "user", "content": question}]
+        prompt = shots + turns if shots else question
         text = question if isinstance(question, str) else str(question[-1].get("content", ""))
         items.append(EvalItem(id=i, task=task, kind=fmt, prompt=prompt, question=text, **kw))
 
@@ -189,16 +189,12 @@ def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = 
                 for n, row in enumerate(reader, 2):
                     label = (row.get("label") or "").strip().lower()
                     if not (row.get("prompt") or "").strip() or label not in ("safe", "unsafe"):
-                        skipped += 1
-                        problems.append(f"{path.name}:{n}: skipped, needs a prompt and a label "
-                                        "safe/unsafe")
-                        warnings.warn(problems[-1], stacklevel=2)
+                        lines._skip(n, "needs a prompt and a label safe/unsafe")
                         continue
                     add(str(row.get("id") or n - 1), row["prompt"], label=label)
         except (UnicodeDecodeError, csv.Error) as e:
             raise DatasetError(f"{path.name} is not a readable CSV file: {e}") from None
     else:
-        lines = _Lines(path)
         try:
             for n, obj in lines:
                 if fmt == "gsm8k":
@@ -222,7 +218,7 @@ def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = 
                         answer=None if answer is None else str(answer), label=label)
         except UnicodeDecodeError as e:
             raise DatasetError(f"{path.name} is not a UTF-8 text file: {e}") from None
-        skipped, problems = lines.skipped, lines.problems
+    skipped = lines.skipped
     if not items:
         raise DatasetError(
             f"dataset {str(path)!r} has no usable item"
@@ -235,4 +231,4 @@ def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = 
             it.id, k = f"{base}#{k}", k + 1
         seen.add(it.id)
     return Dataset(name=task, format=fmt, items=_select(items, limit, seed), skipped=skipped,
-                   problems=problems)
+                   problems=lines.problems)

@@ -195,10 +195,8 @@ class Generation:
         w = guide_weights
         self.guide_weight = None if w is None or all(x == 1.0 for x in w) else \
             torch.tensor(w, dtype=torch.float32, device=base.device)
-        cap = config.mitigation.intervention_cap if config.mitigation is not None else None
-        self.cap = cap
+        self.cap = config.mitigation.intervention_cap if config.mitigation is not None else None
         self.capped = 0  # steps where the cap kept the guides out
-        self.active_guides = [True] * len(self.guides)  # of the instance's guides (mitigation)
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.rng = torch.Generator(device=base.device).manual_seed(seed)
         self._base_logits: torch.Tensor | None = None

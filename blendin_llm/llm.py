@@ -155,7 +155,9 @@ class BlendedLLM:
     # -- generation --------------------------------------------------------------------------
     def _prepare(self, prompt: PromptLike, params: SamplingParams, config: BlendConfig,
                  trace: bool, tools: Any = None, tool_choice: Any = None,
-                 response_format: Any = None, parallel_tool_calls: bool = False) -> Generation:
+                 response_format: Any = None, parallel_tool_calls: bool = False,
+                 ) -> tuple[Generation, list[bool]]:
+        """The generation, and which of the instance's guides take part (mitigation)."""
         messages = normalize_messages(prompt)
         check_tool_history(messages)
         tools = normalize_tools(tools)
@@ -198,8 +200,7 @@ class BlendedLLM:
             tool_capture=capture, tools=tools,
             guide_weights=[w for w in weights if w > 0], mitigations=notes,
         )
-        gen.active_guides = active
-        return gen
+        return gen, active
 
     def stream(
         self,
@@ -248,18 +249,18 @@ class BlendedLLM:
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(config_overrides)
-        gen = self._prepare(
+        gen, active = self._prepare(
             prompt, params, config, trace, tools, tool_choice, response_format,
             parallel_tool_calls,
         )
-        return self._locked(gen)
+        return self._locked(gen, active)
 
-    def _locked(self, gen: Generation) -> Iterator[StreamEvent]:
+    def _locked(self, gen: Generation, active: list[bool]) -> Iterator[StreamEvent]:
         with self._lock:
             for event in gen.events():
                 if event.done:
                     self.guide_monitor.observe(event.result.reliability, gen.config.mitigation,
-                                               gen.active_guides)
+                                               active)
                 yield event
 
     async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:

@@ -119,8 +119,8 @@ class ReliabilityTracker:
 
         mitigations = list(self.mitigations)
         if capped:
-            mitigations.append(f"intervention cap {intervention_cap:.2f}: the guides were kept out at {capped} "
-                               "step(s) where the base was unsure")
+            mitigations.append(f"intervention cap {intervention_cap:.2f}: the guides were kept out "
+                               f"at {capped} step(s) where the base was unsure")
         return Reliability(
             strategy=self.strategy,
             tokens=n,

@@ -151,7 +151,8 @@ def test_after_an_intervention_the_base_reads_the_answer_in_its_own_tokens(tok, 
     base_model = make_model(sp_tok, seed=0)
     llm = BlendedLLM(ModelSpec(model=base_model, tokenizer=sp_tok, prompt_format="raw"),
                      [ModelSpec(model=make_model(tok, seed=1), tokenizer=tok, prompt_format="raw")])
-    gen = llm._prepare("User: hello", SamplingParams(max_new_tokens=40), llm.config, trace=False)
+    gen, _ = llm._prepare("User: hello", SamplingParams(max_new_tokens=40), llm.config,
+                          trace=False)
     text = "the quick brown fox 😀 jumps"
     canonical = sp_tok(text, add_special_tokens=False).input_ids
     split = [sp_tok.convert_tokens_to_ids(c) for c in "the\u2581quick\u2581brown\u2581fox\u2581"]

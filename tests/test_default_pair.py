@@ -67,8 +67,8 @@ def test_base_reads_guide_split_words_in_its_own_tokens(pair):
     its own tokens, the base copies the odd split ("1oe Biden")."""
     from blendin_llm import SamplingParams
 
-    gen = pair._prepare("What is Joe Biden's employment history?",
-                        SamplingParams(max_new_tokens=40), pair.config, trace=False)
+    gen, _ = pair._prepare("What is Joe Biden's employment history?",
+                           SamplingParams(max_new_tokens=40), pair.config, trace=False)
     text = "".join(e.text for e in gen.events())
     assert gen.base_heals > 0
     assert text.startswith("Joe Biden")  # the guide wrote "J" + "oe", the base read "Joe"
