@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +23,31 @@ def _as_id_set(value: Any) -> set[int]:
     if isinstance(value, int):
         return {value}
     return {int(v) for v in value}
+
+
+_bars_lock = threading.Lock()
+_bars_quiet = 0  # loads in progress that turned transformers' progress bars off
+_bars_were_on = False
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off while at least one load runs, then as they were."""
+    from transformers.utils import logging as hf_logging
+
+    global _bars_quiet, _bars_were_on
+    with _bars_lock:
+        if _bars_quiet == 0:
+            _bars_were_on = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+        _bars_quiet += 1
+    try:
+        yield
+    finally:
+        with _bars_lock:
+            _bars_quiet -= 1
+            if _bars_quiet == 0 and _bars_were_on:
+                hf_logging.enable_progress_bar()
 
 
 class TransformersBackend(ModelBackend):
@@ -61,9 +89,10 @@ class TransformersBackend(ModelBackend):
             tokenizer = AutoTokenizer.from_pretrained(
                 spec.source, trust_remote_code=spec.trust_remote_code
             )
-            model = AutoModelForCausalLM.from_pretrained(
-                spec.source, dtype=dtype, trust_remote_code=spec.trust_remote_code
-            ).to(device)
+            with _no_progress_bars():  # a local load takes seconds: no "Loading weights" bar
+                model = AutoModelForCausalLM.from_pretrained(
+                    spec.source, dtype=dtype, trust_remote_code=spec.trust_remote_code
+                ).to(device)
         except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors, ...
             raise ModelLoadError(
                 f"could not load model {spec.source!r}: {exc}. Pass a local directory with "
