@@ -8,8 +8,10 @@
 
 One JSONL record per (item, strategy) is appended to ``<out>/records.jsonl`` as soon as it is
 done (flushed and synced), so a killed run loses at most the record in flight, and a rerun with
-the same settings skips every finished record. ``<out>/run.json`` keeps the settings; a rerun with
-other settings is refused (use another output directory, or ``fresh=True``).
+the same settings skips every finished record. ``<out>/run.json`` keeps the settings (replaced
+atomically); a rerun with other settings is refused (use another output directory, or
+``fresh=True``). One run at a time writes a directory: ``lock_output`` holds it, and a second
+process fails at once with an ``EvalError`` that names the holder.
 
 The reliability score is judged by its AUROC for telling correct answers from wrong ones, next to a
 plain baseline: the mean log-probability of the emitted tokens under the base model alone.
@@ -17,9 +19,16 @@ plain baseline: the mean log-probability of the emitted tokens under the base mo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Iterable, Sequence
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +40,8 @@ from .scoring import score_answer
 DEFAULT_STRATEGIES = ("base_only", "guide_only", "nudging", "blendin", "blendin:alpha=0.5",
                       "ensemble")
 RECORDS = "records.jsonl"
+RUN = "run.json"
+LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,8 @@ def parse_strategies(spec: str | Sequence[str]) -> list[StrategyRun]:
 
 
 def check_output(out: str | Path) -> Path:
-    """Create the output directory and check that files can be written in it."""
+    """Create the output directory and check that files can be written in it, and that the
+    files a run keeps there (``run.json``, ``records.jsonl``) are files if they exist."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -102,27 +114,122 @@ def check_output(out: str | Path) -> Path:
     except OSError as e:
         raise EvalError(f"output directory {str(out)!r} is not writable ({e.strerror or e}); "
                         "pass another --out") from None
+    for name in (RUN, RECORDS):
+        if (out / name).exists() and not (out / name).is_file():
+            raise EvalError(f"{out / name} is not a file (a directory?); move it away or pass "
+                            "another --out")
     return out
+
+
+# -- one run per output directory at a time -------------------------------------------------------
+_held: dict[str, list] = {}  # resolved directory -> [open lock file, depth]: re-entrant per process
+_held_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def lock_output(out: str | Path) -> Iterator[Path]:
+    """Hold the output directory for this run: a second process that writes the same directory
+    fails at once, instead of both appending every record.
+
+    An advisory lock (``fcntl.flock``) on ``<out>/.lock``, released when the run ends or its process
+    dies; the file names the holder (pid, host, command, start time). Re-entrant in one process.
+
+    Args:
+        out: the output directory (created if missing).
+
+    Yields:
+        The output directory.
+
+    Raises:
+        EvalError: another process holds the directory (the message names it), or it is not
+            writable.
+    """
+    out = check_output(out)
+    key = str(out.resolve())
+    with _held_lock:
+        if key in _held:
+            _held[key][1] += 1
+            held = None
+        else:
+            held = _acquire(out)
+            _held[key] = [held, 1]
+    try:
+        yield out
+    finally:
+        with _held_lock:
+            _held[key][1] -= 1
+            if _held[key][1] == 0:
+                f = _held.pop(key)[0]
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+
+
+def _acquire(out: Path):
+    path = out / LOCK
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = " ".join(f.read().split()) or "another process"
+        f.close()
+        raise EvalError(f"{out} is in use by another run ({holder}); wait for it to finish, or "
+                        "pass another --out") from None
+    f.seek(0)
+    f.truncate()
+    cmd = " ".join(sys.argv) if sys.argv and sys.argv[0] else "python"
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd[:200]}\n")
+    f.flush()
+    return f
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace a file in one step (temporary file, fsync, rename): a kill leaves the old or the new
+    file, never a torn one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def prepare_output(out: str | Path, settings: dict, fresh: bool = False) -> Path:
     """Check the output directory (writable, and holding no run with other ``settings``) before
-    any model work. Returns the records path."""
+    any model work. Returns the records path.
+
+    ``run.json`` is written atomically. One that is empty or torn anyway (written by an older
+    version, or by hand) is rewritten when there are no records to match it; with records it is
+    an EvalError, since they cannot be matched to settings any more."""
     out = check_output(out)
     settings = json.loads(json.dumps(settings))  # compare as stored (tuples become lists)
-    meta, records = out / "run.json", out / RECORDS
+    meta, records = out / RUN, out / RECORDS
     if fresh:
         for p in (meta, records):
             p.unlink(missing_ok=True)
-    if meta.is_file() and records.is_file():
-        old = json.loads(meta.read_text())
+    has_records = records.is_file() and records.stat().st_size > 0
+    if meta.is_file() and has_records:
+        try:
+            old = json.loads(meta.read_text(encoding="utf-8"))
+            assert isinstance(old, dict)
+        except (ValueError, AssertionError):
+            raise EvalError(
+                f"{meta} is empty or unreadable, so the records in {records} cannot be matched to "
+                "their settings; start over with --fresh (fresh=True), or pass another --out"
+            ) from None
         diff = {k for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
         if diff:
             raise EvalError(
                 f"{out} holds a run with other settings ({', '.join(sorted(diff))}); resume it "
                 "with the same settings, or use another output directory, or start fresh"
             )
-    meta.write_text(json.dumps(settings, indent=1))
+    _write_atomic(meta, json.dumps(settings, indent=1))
     return records
 
 
@@ -155,13 +262,19 @@ def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[s
         else (lambda task: int(max_new_tokens))
     meta = {"model": getattr(llm, "name", "?"), "strategies": [r.label for r in runs],
             "max_new_tokens": max_new_tokens, "config": _config_of(llm), **(settings or {})}
-    path = prepare_output(out, meta, fresh) if out is not None else None
+    with lock_output(out) if out is not None else contextlib.nullcontext():
+        path = prepare_output(out, meta, fresh) if out is not None else None
+        if path is not None:
+            _mend_tail(path)
+        return _run(llm, datasets, runs, path, budget, trace, progress)
+
+
+def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path | None,
+         budget: Any, trace: bool, progress: bool) -> list[dict]:
     done = {(r["task"], r["item_id"], r["strategy"]): r for r in read_records(path)} if path else {}
     todo = [(ds, it, r) for ds in datasets for it in ds.items for r in runs
             if (it.task, it.id, r.label) not in done]
     records = list(done.values())
-    if path is not None:
-        _drop_torn_tail(path)
     sink = open(path, "a", encoding="utf-8") if path else None
     bar = _progress(len(todo), len(done)) if progress else None
     try:
@@ -194,14 +307,28 @@ def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[s
     return sorted(records, key=lambda r: order.get((r["task"], r["item_id"], r["strategy"]), 1e9))
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """A killed run may leave half a line at the end: cut it so the next record starts clean."""
+def _mend_tail(path: Path) -> None:
+    """A killed run may leave half a line at the end: cut it so the next record starts clean. A
+    last line that is a whole record without its newline (an editor, a copy) is a record that
+    ``read_records`` counts as done: it is kept and the newline added."""
     if not path.is_file():
         return
     with open(path, "rb+") as f:
         data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            last = json.loads(data[start:])
+            whole = isinstance(last, dict) and "strategy" in last  # as read_records counts
+        except ValueError:
+            whole = False
+        if whole:
+            f.write(b"\n")
+        else:
+            f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _config_of(llm: Any) -> dict:

@@ -220,6 +220,83 @@ def test_unwritable_output(make_llm, qa, tmp_path):
     assert llm.calls == 0
 
 
+def test_empty_or_torn_run_json(make_llm, qa, tmp_path):
+    llm = Counting(make_llm())
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("")  # no records yet: nothing to match, rewritten
+    recs = run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=4, progress=False)
+    assert len(recs) == 4 and json.loads((out / "run.json").read_text())["strategies"] == [
+        "base_only"]
+    (out / "run.json").write_text('{"model": "ba')  # torn, with records: a typed error
+    with pytest.raises(EvalError, match="run.json is empty or unreadable.*--fresh"):
+        run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=4, progress=False)
+    assert llm.calls == 4 and len(read_records(out)) == 4
+    again = run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=4, progress=False,
+                     fresh=True)
+    assert [r["text"] for r in again] == [r["text"] for r in recs] and llm.calls == 8
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".run.json")]  # no temp left
+
+
+def test_records_path_that_is_a_directory(make_llm, qa, tmp_path):
+    out = tmp_path / "run"
+    (out / "records.jsonl").mkdir(parents=True)
+    llm = Counting(make_llm())
+    with pytest.raises(EvalError, match="records.jsonl is not a file"):
+        run_eval(llm, [qa], ["base_only"], out=out, progress=False)
+    assert llm.calls == 0
+    code, text = cli("eval", str(write_lines(tmp_path / "d.jsonl", ['{"prompt": "x"}'])),
+                     "--out", str(out), "--base", "/nope")
+    assert code == 2 and "records.jsonl is not a file" in text
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(make_llm, qa, tmp_path):
+    llm = Counting(make_llm())
+    out = tmp_path / "run"
+    recs = run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=4, progress=False)
+    path = out / "records.jsonl"
+    path.write_text(path.read_text()[:-1])  # the last record, whole, without its newline
+    again = run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=4, progress=False)
+    assert llm.calls == 4 and again == recs
+    assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 4
+    assert read_records(out) == recs
+
+
+def test_a_second_process_on_the_same_out_fails_at_once(make_llm, qa, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from blendin_llm.evaluation import lock_output\n"
+         "with lock_output(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+         str(out)], stdout=subprocess.PIPE, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        llm = Counting(make_llm())
+        t0 = time.monotonic()
+        with pytest.raises(EvalError, match=f"in use by another run \\(pid {holder.pid} "):
+            run_eval(llm, [qa], ["base_only"], out=out, progress=False)
+        assert time.monotonic() - t0 < 5 and llm.calls == 0
+        assert not (out / "records.jsonl").exists()
+        code, text = cli("eval", str(write_lines(tmp_path / "d.jsonl", ['{"prompt": "x"}'])),
+                         "--out", str(out), "--base", "/nope")  # before any model loads
+        assert code == 2 and f"pid {holder.pid}" in text
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock went with it
+    assert len(run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=3,
+                        progress=False)) == 4
+    # and the same process may hold it again while it runs (re-entrant)
+    from blendin_llm.evaluation import lock_output
+    with lock_output(out):
+        assert len(run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=3,
+                            progress=False)) == 4
+
+
 def test_summary_and_report(make_llm, qa, tmp_path):
     llm = make_llm(strategy="blendin", gamma=1.1)
     recs = run_eval(llm, [qa], ["base_only", "blendin"], out=None, max_new_tokens=5,
