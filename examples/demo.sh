@@ -2,6 +2,7 @@
 # One command: set everything up (first run only) and answer a question with the offline default
 # pair, Gemma-3-270M (base) guided by SmolLM2-135M-Instruct, with the reliability report.
 #   bash examples/demo.sh ["your question"]
+# stdout is the answer and its report; setup and conversion notices go to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

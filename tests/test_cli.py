@@ -1,6 +1,7 @@
 """The blendin command line, over tiny models saved to a directory."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -190,3 +191,51 @@ def test_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(model_dirs):
                  stdin=b"caf\xe9\nhello\n/exit\n")
     assert r.returncode == 0, r.stderr
     assert b"the line is not valid UTF-8" in r.stderr and r.stdout.count(b"verdict") == 1
+
+
+def test_setup_returns_at_once_when_nothing_changed(tmp_path):
+    """scripts/setup.sh skips everything when pyproject.toml and setup.sh are as recorded in the
+    stamp and both presets are converted and intact; anything else sends it down the full path
+    (here it then fails at once: the stand-in .venv has no activate script)."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from blendin_llm import sources
+
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "checkout"
+    (work / "scripts").mkdir(parents=True)
+    for name in ("pyproject.toml", "scripts/setup.sh"):
+        shutil.copy(repo / name, work / name)
+    (work / ".venv" / "bin").mkdir(parents=True)
+    python = work / ".venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    digest = hashlib.sha256((work / "pyproject.toml").read_bytes()
+                            + (work / "scripts/setup.sh").read_bytes()).hexdigest()
+    (work / ".venv" / ".blendin-setup").write_text(digest + "\n")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BLENDIN_CACHE": str(cache)}
+
+    def setup():
+        return subprocess.run(["bash", "scripts/setup.sh"], cwd=work, env=env,
+                              capture_output=True, timeout=120)
+
+    assert setup().returncode != 0  # the presets are not converted: the full path
+    for name, p in sources.PRESETS.items():
+        entry = cache / "models-v2" / f"{p.name}-{p.sha256[:16]}"
+        entry.mkdir(parents=True)
+        (entry / "config.json").write_text("{}")
+        (entry / "blendin.json").write_text(json.dumps({"files": sources._digest_entry(entry)}))
+    r = setup()
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
+    (entry / "config.json").write_text("[]")  # damaged: the full path again
+    assert setup().returncode != 0
+    (entry / "config.json").write_text("{}")
+    assert setup().returncode == 0
+    with open(work / "pyproject.toml", "a") as f:
+        f.write("\n# changed\n")
+    assert setup().returncode != 0
