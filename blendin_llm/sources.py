@@ -226,9 +226,12 @@ class _Progress:
 @contextlib.contextmanager
 def _conversion_progress(label: str) -> Iterator[_Progress]:
     """Our one bar instead of transformers' several (de-quantizing, loading weights, ...)."""
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # no gguf support here: _convert says what to install
+        gguf_utils = None
     was_on, own_tqdm = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
     hf_logging.disable_progress_bar()
     try:
