@@ -442,7 +442,8 @@ def converted_dir(gguf: Path, key: str, label: str, expected_sha256: str | None 
 def _looks_like_path(source: str) -> bool:
     """A source written as a filesystem path (a hub id is ``name`` or ``org/name``)."""
     return (source.startswith(("/", "./", "../", "~", "\\")) or source in (".", "..")
-            or source.count("/") > 1 or source.endswith("/") or (os.sep != "/" and os.sep in source))
+            or source.count("/") > 1 or source.endswith("/")
+            or (os.sep != "/" and os.sep in source))
 
 
 def _hub_offline() -> bool:
