@@ -23,24 +23,45 @@ def _check_unit(name: str, value: float, err: type[Exception] = ConfigError) -> 
 
 @dataclass(frozen=True)
 class ReliabilityConfig:
-    """Thresholds that turn the per-response signals into ``flagged`` and ``reasons``.
+    """How an answer's signals become ``score``, ``flagged`` and ``reasons``.
 
+    With ``score_model`` (a ``blendin_llm.calibrated.ScoreModel``, from a profile written by
+    ``blendin calibrate``) the score is its P(correct | features) for this pair, and an answer is
+    flagged when the score is below the model's threshold (chosen on the fit data for a stated
+    target); the thresholds below are then not used. Without one:
+
+    ``weights``: weights of (confidence, stability, consensus) in the score (normalised); the
+      default (1, 0, 0) makes the score the normalized probability of the answer (confidence).
     ``max_intervention_rate``: above it the pair is out of its depth on this answer (paper: ~20 %).
-    ``min_score``: a reliability score below it flags the answer.
+    ``min_score``: a score below it flags the answer.
     ``min_agreement``: share of interventions where the guide's top token is in the base's top-k.
     ``max_divergence``: mean Jensen-Shannon divergence at interventions, normalised to [0, 1].
-    ``weights``: weights of (confidence, stability, consensus) in the score; they are normalised.
+    ``min_consulted``: the agreement and divergence flags need at least this many consulted steps
+      (fewer are noise: one step of disagreement says little about an answer).
     """
 
     max_intervention_rate: float = 0.20
     min_score: float = 0.5
     min_agreement: float = 0.5
     max_divergence: float = 0.5
-    weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    min_consulted: int = 3
+    score_model: Any = None
 
     def __post_init__(self) -> None:
         for name in ("max_intervention_rate", "min_score", "min_agreement", "max_divergence"):
             _check_unit(f"ReliabilityConfig.{name}", getattr(self, name))
+        m = self.min_consulted
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ConfigError(f"ReliabilityConfig.min_consulted must be an integer >= 1, got {m!r}")
+        if self.score_model is not None:
+            from .calibrated import ScoreModel
+
+            if isinstance(self.score_model, dict):
+                object.__setattr__(self, "score_model", ScoreModel.from_dict(self.score_model))
+            elif not isinstance(self.score_model, ScoreModel):
+                raise ConfigError("ReliabilityConfig.score_model must be a ScoreModel (from a "
+                                  "profile), its dict, or None")
         w = tuple(self.weights)
         if len(w) != 3 or any((not isinstance(x, (int, float))) or x < 0 for x in w) or sum(w) <= 0:
             raise ConfigError(

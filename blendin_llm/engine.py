@@ -26,6 +26,7 @@ from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, TraceEn
 from .sampling import sample
 from .strategies import StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
+from .uncertainty import NEGENTROPY_K
 from .tools import ToolCallCapture, parse_tool_calls
 from .vocab import GuideStream, VocabMap, common_prefix
 
@@ -115,6 +116,17 @@ class _Choice:
     alpha: float | None = None
     guide_prob: float | None = None
     logprob: TokenLogprob | None = None
+    base_top: list[float] | None = None  # the base's top-K log-probs (uncertainty features)
+    final_top: list[float] | None = None  # the same for the final distribution, when blended
+    base_lp: float | None = None  # the chosen token's log-prob under the base
+    lp: float | None = None  # ... and in the final distribution
+
+
+def _stop_matcher(stops: Any) -> StopMatcher | None:
+    """The StopMatcher of an answer's text filter (itself, or one in a FilterChain)."""
+    if isinstance(stops, StopMatcher):
+        return stops
+    return next((f for f in getattr(stops, "filters", ()) if isinstance(f, StopMatcher)), None)
 
 
 def js_divergence_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -200,6 +212,9 @@ class Generation:
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.rng = torch.Generator(device=base.device).manual_seed(seed)
         self._base_logits: torch.Tensor | None = None
+        # one top-k of the base per step serves the features (top NEGENTROPY_K), the agreement
+        # (top agreement_top_k) and greedy decoding (top 1)
+        self.top_k = min(max(NEGENTROPY_K, config.agreement_top_k), self.vocab)
 
     # -- one step (no yield inside, so inference mode never leaks to the caller) ---------------
     @torch.inference_mode()
@@ -235,20 +250,24 @@ class Generation:
     @torch.inference_mode()
     def _choose(self) -> _Choice:
         logp = torch.log_softmax(self._base_logits, -1)
-        top_lp, top_id = logp.max(-1)
-        base_top1 = math.exp(top_lp.item())
+        top_v, top_i = torch.topk(logp, self.top_k)
+        # one device sync: the base's top-k log-probs and its greedy token
+        head = torch.cat([top_v, top_i[:1].to(top_v.dtype)]).tolist()
+        base_top = head[:NEGENTROPY_K] if self.top_k > NEGENTROPY_K else head[:-1]
+        base_top1 = math.exp(head[0])
         if self.guides and self.strategy.consult(base_top1):
             if self.cap is None or self.tracker.interventions < self.cap * (self.tracker.tokens + 1):
-                return self._blend(logp, top_lp, top_id, base_top1)
+                return self._blend(logp, top_v, top_i, base_top1, base_top)
             self.capped += 1
         if self.params.greedy:
-            token = int(top_id)
+            token, lp = int(head[-1]), head[0]
             c = _Choice(token, base_top1, base_top1, base_top1, consulted=False)
         else:
             tok = sample(logp, self.params, self.rng)
             token, lp = torch.stack([tok.to(logp.dtype), logp[tok]]).tolist()
             p = math.exp(lp)
             c = _Choice(int(token), p, p, base_top1, consulted=False)
+        c.base_top, c.base_lp, c.lp = base_top, lp, lp
         if self.top_logprobs is not None:
             c.logprob = self._logprob(logp, c.token)
         return c
@@ -265,8 +284,9 @@ class Generation:
                           for i, v in zip(ids.tolist(), row[1:])],
         )
 
-    def _blend(self, logp: torch.Tensor, top_lp: torch.Tensor, top_id: torch.Tensor,
-               base_top1: float) -> _Choice:
+    def _blend(self, logp: torch.Tensor, top_v: torch.Tensor, top_i: torch.Tensor,
+               base_top1: float, base_top: list[float]) -> _Choice:
+        top_lp, top_id = top_v[0], top_i[0]
         p_base = logp.exp()
         guide_probs = []
         for g in self.guides:
@@ -282,19 +302,22 @@ class Generation:
             tok = mixed.argmax()
         else:
             tok = sample((mixed + _EPS).log(), self.params, self.rng)
-        k = min(self.config.agreement_top_k, p_base.shape[0])
-        base_topk = torch.topk(logp, k).indices
+        base_topk = top_i[: min(self.config.agreement_top_k, self.top_k)]
         agree1 = (g_arg == top_id).to(p_base.dtype)
         agreek = (g_arg[:, None] == base_topk[None, :]).any(-1).to(p_base.dtype)
         js = js_divergence_bits(p_base, guide_probs)
+        final_top = (torch.topk(mixed, len(base_top)).values + _EPS).log()
         head = torch.stack([tok.to(p_base.dtype), mixed[tok], p_base[tok], guide_probs[:, tok].mean()])
-        stats = torch.cat([head, alphas, g_top1, agree1, agreek, js]).tolist()
+        # one device sync for the step's numbers
+        stats = torch.cat([head, alphas, g_top1, agree1, agreek, js, final_top]).tolist()
         n = len(self.guides)
         token, prob, base_prob, guide_prob = stats[:4]
         cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
         self.tracker.consulted(*cols)
         c = _Choice(int(token), prob, base_prob, base_top1, consulted=True,
-                    alpha=sum(cols[0]) / n, guide_prob=guide_prob)
+                    alpha=sum(cols[0]) / n, guide_prob=guide_prob, base_top=base_top,
+                    final_top=stats[4 + 5 * n:], base_lp=math.log(max(base_prob, 1e-30)),
+                    lp=math.log(max(prob, 1e-30)))
         if self.top_logprobs is not None:
             c.logprob = self._logprob((mixed + _EPS).log(), c.token)
         return c
@@ -308,10 +331,13 @@ class Generation:
         tracker, trace = self.tracker, self.tracker.trace
         lead = self.stops.push(self.prefix)[0] if self.prefix else ""  # released with token 1
         self._advance(None)
+        starts: list[int] = []  # where each token's text starts in the decoded text
+        answer_end: int | None = None  # where the answer ends in it (a stop string starts)
         for index in range(self.budget):
             c = self._choose()
             self.generated.append(c.token)
-            tracker.step(c.base_top1, c.prob, c.base_prob)
+            tracker.step(c.base_top, c.base_lp, c.final_top, c.lp)
+            starts.append(len(self.answer_text))
             eos = c.token in self.base_eos or (c.consulted and c.token in self.guide_eos)
             if eos:
                 finish = "stop"
@@ -341,6 +367,9 @@ class Generation:
                                   logprob=c.logprob)
             if hit is not None:  # a stop string ("" when a filter ended the answer)
                 finish, stop_seq, ended = "stop", hit or None, True
+                if hit:
+                    answer_end = len(self.answer_text) - len(hit) - len(
+                        getattr(_stop_matcher(self.stops), "after", ""))
                 break
             if index + 1 < self.budget:
                 self.healing = self.healing or (self.cross and c.consulted)
@@ -355,10 +384,16 @@ class Generation:
             tail += emit
             if hit is not None:
                 finish, stop_seq = "stop", hit or stop_seq
+                if hit:
+                    answer_end = len(self.answer_text) + len(flushed) - len(hit) - len(
+                        getattr(_stop_matcher(self.stops), "after", ""))
             else:
                 tail += self.stops.flush()
         text_parts.append(tail)
-        n = len(self.generated)
+        # only the answer counts: tokens whose text starts where a stop string starts (or later)
+        # were decoded to recognise it, and are neither counted nor scored
+        n = len(self.generated) if answer_end is None else \
+            sum(1 for s in starts if s < answer_end)
         prompt_n = len(self.base_prompt)
         result = BlendResult(
             text="".join(text_parts),
@@ -367,7 +402,8 @@ class Generation:
             token_ids=list(self.generated),
             usage=Usage(prompt_tokens=prompt_n, completion_tokens=n, total_tokens=prompt_n + n,
                         guide_tokens_computed=self.guide_tokens),
-            reliability=tracker.finish(capped=self.capped, intervention_cap=self.cap),
+            reliability=tracker.finish(capped=self.capped, intervention_cap=self.cap,
+                                       answer_tokens=n, stopped=finish == "stop"),
             model=self.model_name,
             elapsed_s=time.perf_counter() - t0,
             logprobs=logprobs,

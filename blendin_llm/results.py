@@ -11,7 +11,10 @@ from .tools import InvalidToolCall, ToolCall
 
 class Usage(BaseModel):
     prompt_tokens: int = Field(description="tokens of the base model's prompt")
-    completion_tokens: int = Field(description="tokens generated (decoding steps, EOS included)")
+    completion_tokens: int = Field(
+        description="tokens of the answer (EOS included); tokens decoded only to recognise a stop "
+        "string are not counted (they are in ``token_ids``)"
+    )
     total_tokens: int
     guide_tokens_computed: int = Field(
         0, description="tokens the guides ran a forward pass over (prompt and catch-up included)"
@@ -35,6 +38,10 @@ class TraceEntry(BaseModel):
         None, description="the guides' (mean) probability of the chosen token"
     )
     prob: float = Field(description="probability of the chosen token in the final distribution")
+    scored: bool = Field(
+        True, description="False for a token decoded after the answer ended (a stop string's), "
+        "which the reliability record does not count"
+    )
 
 
 class GuideStats(BaseModel):
@@ -65,7 +72,10 @@ class Reliability(BaseModel):
     """How far to trust one response. Every field is documented in the README."""
 
     strategy: str
-    tokens: int
+    tokens: int = Field(description="the answer's decoding steps (EOS included), the ones scored")
+    unscored_tokens: int = Field(
+        0, description="tokens decoded after the answer ended (a stop string's), not scored"
+    )
     interventions: int
     intervention_rate: float
     base_unsure_rate: float = Field(
@@ -84,7 +94,26 @@ class Reliability(BaseModel):
         None, description="mean log-probability of the emitted tokens under the base alone"
     )
     guides: list[GuideStats] = Field(default_factory=list)
-    score: float
+    features: dict[str, Optional[float]] = Field(
+        default_factory=dict,
+        description="single-generation uncertainty features of the answer, names in "
+        "blendin_llm.uncertainty.FEATURES",
+    )
+    score: float = Field(description="with a profile: its calibrated P(correct) for this pair; "
+                         "without: see score_source")
+    score_source: str = Field(
+        "normalized_probability",
+        description="what the score is: 'profile' (calibrated P(correct)), "
+        "'normalized_probability' (the answer's normalized probability, uncalibrated) or "
+        "'weights' (ReliabilityConfig.weights over components)",
+    )
+    threshold: Optional[float] = Field(
+        None, description="with a profile: flagged = score < threshold"
+    )
+    flag_target: Optional[str] = Field(
+        None, description="with a profile: the target the threshold was chosen for on its fit "
+        "data, e.g. 'precision=0.9' (kept answers) or 'recall=0.8' (wrong answers flagged)"
+    )
     components: ScoreComponents
     flagged: bool
     reasons: list[str] = Field(default_factory=list)

@@ -106,7 +106,7 @@ def test_each_model_renders_the_conversation_its_own_way(base_model, guide_model
 
 def test_reliability_record_is_consistent(make_llm):
     rc = ReliabilityConfig(max_intervention_rate=0.2, min_score=0.0, min_agreement=0.0,
-                           max_divergence=1.0)
+                           max_divergence=1.0, weights=(0.5, 0.5, 0.0))
     llm = make_llm(config=BlendConfig(gamma=0.4, reliability=rc))
     r = llm.generate(PROMPT, max_new_tokens=40).reliability
     assert r.tokens == 40
@@ -114,7 +114,9 @@ def test_reliability_record_is_consistent(make_llm):
     assert 0 <= r.score <= 1 and 0 <= r.agreement_top1 <= r.agreement_topk <= 1
     assert 0 <= r.mean_divergence <= 1 and 0 < r.mean_base_top1 <= 1
     assert r.intervention_rate > 0.2
-    assert r.flagged and r.reasons == [f"intervention rate {r.intervention_rate:.2f} > 0.20"]
+    assert r.flagged and r.reasons == [f"intervention rate {r.intervention_rate:.2f} > 0.20 "
+                                       f"({r.interventions} of 40 steps)"]
+    assert r.score_source == "weights" and r.threshold is None
     w = rc.weights
     c = r.components
     assert r.score == pytest.approx((w[0] * c.confidence + w[1] * c.stability
