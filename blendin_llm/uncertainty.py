@@ -12,8 +12,9 @@ answer's tokens ``t_1..t_L`` (a stop string's tokens are not part of the answer)
 * ``norm_prob``: normalized sequence probability, ``exp(mean_j log p(t_j))``;
 * ``min_prob``: the smallest ``p(t_j)``;
 * ``mean_negentropy`` / ``min_negentropy``: per step the top-K entropy
-  ``TE = -sum_k p_k log p_k`` over the K most likely tokens, as negentropy ``1 - TE / log K``
-  (1 = all mass on one token), averaged / minimised over the steps;
+  ``TE = -sum_k q_k log q_k`` of the K most likely tokens' probabilities renormalised to sum to 1
+  (``q_k = p_k / sum p``), as negentropy ``1 - TE / log K`` (1 = all mass on one token),
+  averaged / minimised over the steps;
 * ``mean_margin``: the mean of ``p(top-1) - p(top-2)``.
 
 Each is computed over the final distribution (the name as above) and over the base alone
@@ -60,11 +61,14 @@ def dist_stats(top_logprobs: Sequence[float]) -> tuple[float, float, float]:
     """(top-1 probability, top-2 probability, top-K negentropy) from a step's top-K log-probs,
     sorted in decreasing order (K = ``len(top_logprobs)`` >= 2)."""
     k = len(top_logprobs)
+    ps = [math.exp(lp) for lp in top_logprobs]
+    total = sum(ps)
     ent = 0.0
-    for lp in top_logprobs:
-        p = math.exp(lp)
-        ent -= p * lp if p > 0.0 else 0.0
-    return math.exp(top_logprobs[0]), math.exp(top_logprobs[1]), 1.0 - ent / math.log(k)
+    for p in ps:  # entropy of the top-K renormalised to sum to 1, as UQLM computes it
+        if p > 0.0:
+            q = p / total
+            ent -= q * math.log(q)
+    return ps[0], ps[1], 1.0 - ent / math.log(k)
 
 
 class Step:

@@ -20,11 +20,13 @@ def _top(ps):
 def test_dist_stats_matches_the_definitions():
     ps = [0.5, 0.2] + [0.3 / (NEGENTROPY_K - 2)] * (NEGENTROPY_K - 2)
     top1, top2, neg = dist_stats(_top(ps))
-    te = -sum(p * math.log(p) for p in ps)
+    te = -sum(p * math.log(p) for p in ps)  # ps sums to 1: renormalising changes nothing
     assert top1 == pytest.approx(0.5) and top2 == pytest.approx(0.2)
     assert neg == pytest.approx(1 - te / math.log(NEGENTROPY_K))
     assert dist_stats(_top([1.0] + [1e-30] * 14))[2] == pytest.approx(1.0)
     assert dist_stats(_top([1 / 15] * 15))[2] == pytest.approx(0.0, abs=1e-9)
+    # only the top-K's shape counts (UQLM renormalises the top-K before the entropy)
+    assert dist_stats(_top([0.02] * 15))[2] == pytest.approx(0.0, abs=1e-9)
 
 
 def _tracker(**rc):
