@@ -25,6 +25,7 @@ import bisect
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -288,7 +289,7 @@ def choose_threshold(probs: Sequence[float], correct: Sequence[bool], target: st
         kept_right = (n - n_wrong) - (flagged - flagged_wrong)
         precision = kept_right / kept if kept else 1.0
         recall = flagged_wrong / n_wrong if n_wrong else 1.0
-        ok = precision >= goal if kind == "precision" else recall >= goal
+        ok = (kept > 0 and precision >= goal) if kind == "precision" else recall >= goal
         row = {"threshold": float(min(t, 1.0)), "precision": precision, "recall": recall,
                "kept": kept / n if n else 0.0, "met": ok}
         if ok:
@@ -344,14 +345,19 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
     Z = (X - mean) / scale
     k = max(2, min(folds, n_pos, n_neg))
     cv = SKF(n_splits=k, shuffle=True, random_state=seed)
-    lr = LRCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss", max_iter=2000)
-    lr.fit(Z, y)
-    C = float(np.atleast_1d(lr.C_)[0])
-    # out-of-fold logits with the chosen C: what the calibration map and threshold see
-    oof = cvp(LR(C=C, max_iter=2000), Z, y, cv=cv, method="decision_function")
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces changes of defaults we don't use
+        warnings.simplefilter("ignore", FutureWarning)
+        lr = LRCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss",
+                  max_iter=2000)
+        lr.fit(Z, y)
+        C = float(np.atleast_1d(lr.C_)[0])
+        # out-of-fold logits with the chosen C: what the calibration map and threshold see
+        oof = cvp(LR(C=C, max_iter=2000), Z, y, cv=cv, method="decision_function")
     method = calibration if calibration != "auto" else ("isotonic" if len(y) >= 500 else "platt")
     if method == "platt":
-        pl = LR(C=1e6, max_iter=2000).fit(oof.reshape(-1, 1), y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            pl = LR(C=1e6, max_iter=2000).fit(oof.reshape(-1, 1), y)
         cal = {"method": "platt", "a": float(pl.coef_[0, 0]), "b": float(pl.intercept_[0])}
     else:
         iso = Iso(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(oof, y)

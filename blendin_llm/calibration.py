@@ -16,8 +16,16 @@
    Alpha mode: "auto", unless auto alpha hardly varies (std < 0.05), then that fixed value (same
    behaviour, simpler to audit). A *bad* pair's profile uses ``base_only``.
 
-The profile (JSON) holds the models, the recommended BlendConfig, the verdict and the numbers;
-``BlendedLLM.from_profile(path)`` or ``BlendConfig.from_profile(path)`` load it.
+4. With labelled items (``EvalItem``s whose answers can be scored: an ``answer`` or a ``label``),
+   the pass-2 answers are scored by rules and a calibrated score model P(correct | features) is
+   fitted on them (``blendin_llm.calibrated.fit_score_model``, scikit-learn): with the profile
+   loaded, ``reliability.score`` is that probability and ``flagged`` means score < the threshold
+   chosen for ``flag_target``. ``gamma=`` fixes gamma and skips pass 1 (no recommendation).
+
+The profile (JSON) holds the models (names and fingerprints), the recommended BlendConfig, the
+verdict and the numbers, and the score model (plain numbers); ``BlendedLLM.from_profile(path)``
+or ``BlendConfig.from_profile(path)`` load it. A profile whose score model was fitted for other
+models is refused by ``BlendedLLM`` (``force=True`` applies it anyway).
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from .errors import ConfigError
 GAMMAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 VERDICT = {"good_max_rate": 0.20, "good_min_agreement": 0.5, "bad_rate": 0.35,
            "bad_agreement": 0.25}
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no score model
 
 
 @dataclass
@@ -50,15 +59,21 @@ class Calibration:
     predicted_rate: dict[float, float]
     measurements: dict[str, float | None]
     models: dict[str, Any] = field(default_factory=dict)
+    score_model: Any = None  # a calibrated.ScoreModel when labelled items were given
+    records: list = field(default_factory=list)  # the pass-2 eval records (labelled items)
+    no_score_model: str | None = None  # why labelled items gave no score model
 
     def to_profile(self) -> dict:
+        config = self.config.to_dict()
+        config["reliability"].pop("score_model", None)  # stored on its own, below
         return {
             "blendin_profile": PROFILE_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "models": self.models, "verdict": self.verdict, "reasons": self.reasons,
-            "config": self.config.to_dict(), "prompts": self.prompts,
+            "config": config, "prompts": self.prompts,
             "measurements": self.measurements,
             "predicted_intervention_rate": {str(k): v for k, v in self.predicted_rate.items()},
+            "score_model": None if self.score_model is None else self.score_model.to_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -76,52 +91,104 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def _gold(item: Any) -> bool:
+    return getattr(item, "answer", None) is not None or getattr(item, "label", None) is not None
+
+
 def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
-              target_rate: float = 0.20, progress: Any = None) -> Calibration:
-    """Run the two passes described in the module doc over ``prompts`` (strings or messages)."""
+              target_rate: float = 0.20, progress: Any = None, gamma: float | None = None,
+              flag_target: str = "recall=0.8", calibration: str = "auto",
+              out: Any = None, settings: dict | None = None) -> Calibration:
+    """Judge the pair on ``prompts`` and, when they are labelled, fit its score model.
+
+    Args:
+        llm: the BlendedLLM (with at least one guide).
+        prompts: strings or messages (pair judgment only), or ``EvalItem``s of a data set: when
+            they carry answers or labels, the pass-2 answers are scored and a score model is
+            fitted (see the module doc).
+        max_new_tokens: the answers' token budget.
+        target_rate: the intervention rate the recommended gamma should stay under.
+        progress: called once per answer.
+        gamma: fix gamma (skips the base-only pass and the recommendation).
+        flag_target: the flag threshold's target, ``precision=P`` or ``recall=R``.
+        calibration: ``platt``, ``isotonic`` or ``auto``.
+        out: a directory for the pass-2 records (resumable, as ``blendin eval --out``).
+        settings: extra run settings stored with the records (data options).
+
+    Returns:
+        The Calibration (``.save(path)`` writes the profile).
+    """
+    from .calibrated import fit_score_model, pair_fingerprints, parse_target
+
     if not prompts:
         raise ConfigError("calibrate needs at least one prompt")
     if not 0 < target_rate <= 1:
         raise ConfigError(f"target_rate must be in (0, 1], got {target_rate!r}")
     if not llm.guides:
         raise ConfigError("calibrate judges a base/guide pair: the BlendedLLM has no guide")
+    parse_target(flag_target)
+    items = [p for p in prompts if hasattr(p, "prompt")]
+    labelled = len(items) == len(prompts) and all(_gold(it) for it in items)
+    texts = [p.prompt if hasattr(p, "prompt") else p for p in prompts]
     tick = progress or (lambda: None)
-    top1: list[float] = []
-    for p in prompts:
-        res = llm.generate(p, max_new_tokens=max_new_tokens, strategy="base_only", trace=True)
-        top1 += [e.base_top1 for e in res.reliability.trace]
-        tick()
-    n_steps = max(1, len(top1))
-    predicted = {g: sum(t < g for t in top1) / n_steps for g in GAMMAS}
-    fitting = [g for g in GAMMAS if predicted[g] <= target_rate]
-    gamma = max(fitting) if fitting else GAMMAS[0]
+    predicted: dict[float, float] = {}
+    if gamma is None:
+        top1: list[float] = []
+        for p in texts:
+            res = llm.generate(p, max_new_tokens=max_new_tokens, strategy="base_only", trace=True)
+            top1 += [e.base_top1 for e in res.reliability.trace if e.scored]
+            tick()
+        n_steps = max(1, len(top1))
+        predicted = {g: sum(t < g for t in top1) / n_steps for g in GAMMAS}
+        fitting = [g for g in GAMMAS if predicted[g] <= target_rate]
+        gamma = max(fitting) if fitting else GAMMAS[0]
 
-    rels = []
-    alphas: list[float] = []
-    for p in prompts:
-        res = llm.generate(p, max_new_tokens=max_new_tokens, strategy="blendin", alpha="auto",
-                           gamma=gamma, trace=True)
-        rels.append(res.reliability)
-        alphas += [e.alpha for e in res.reliability.trace if e.alpha is not None]
-        tick()
-    steps = sum(r.tokens for r in rels)
-    consults = sum(r.interventions for r in rels)
+    pass2 = dataclasses.replace(llm.config, strategy="blendin", gamma=gamma, alpha="auto")
+    records: list[dict] = []
+    if labelled:
+        from .datasets import Dataset
+        from .evaluation import run_eval
+
+        saved = llm.config
+        llm.config = pass2
+        try:
+            records = run_eval(llm, [Dataset("calibrate", "items", items)], ["blendin"], out=out,
+                               max_new_tokens=max_new_tokens, progress=False, settings=settings,
+                               on_record=lambda r: tick())
+        finally:
+            llm.config = saved
+        rels = [r["reliability"] for r in records]
+    else:
+        rels = []
+        for p in texts:
+            res = llm.generate(p, max_new_tokens=max_new_tokens, strategy="blendin", alpha="auto",
+                               gamma=gamma, trace=True)
+            rels.append(res.reliability.model_dump())
+            tick()
+    alphas = [e["alpha"] for r in rels for e in (r.get("trace") or [])
+              if e["alpha"] is not None and e.get("scored", True)]
+    steps = sum(r["tokens"] for r in rels)
+    consults = sum(r["interventions"] for r in rels)
     rate = consults / steps if steps else 0.0
 
     def weighted(attr: str) -> float | None:  # over consulted steps
-        num = sum(getattr(r, attr) * r.interventions for r in rels if getattr(r, attr) is not None)
+        num = sum(r[attr] * r["interventions"] for r in rels if r[attr] is not None)
         return num / consults if consults else None
 
     agreement = weighted("agreement_topk")
     m = {
-        "intervention_rate": rate, "predicted_intervention_rate": predicted[gamma],
+        "intervention_rate": rate,
+        "predicted_intervention_rate": predicted.get(gamma),
         "agreement_topk": agreement, "agreement_top1": weighted("agreement_top1"),
         "mean_divergence": weighted("mean_divergence"), "mean_alpha": _mean(alphas),
         "alpha_std": statistics.pstdev(alphas) if len(alphas) > 1 else None,
-        "mean_base_top1": _mean([r.mean_base_top1 for r in rels]),
-        "flagged": sum(r.flagged for r in rels) / len(rels),
-        "mean_score": sum(r.score for r in rels) / len(rels),
+        "mean_base_top1": _mean([r["mean_base_top1"] for r in rels]),
+        "flagged": sum(r["flagged"] for r in rels) / len(rels),
+        "mean_score": sum(r["score"] for r in rels) / len(rels),
     }
+    if records:
+        scored = [r for r in records if r["correct"] is not None]
+        m["accuracy"] = (sum(bool(r["correct"]) for r in scored) / len(scored)) if scored else None
     v = VERDICT
     reasons = []
     if rate > v["bad_rate"]:
@@ -148,19 +215,61 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
     config = dataclasses.replace(llm.config, strategy=strategy, gamma=gamma, alpha=alpha)
     models = {"base": llm.base.spec.source or llm.base.name,
               "guides": [g.spec.source or g.name for g in llm.guides]}
-    return Calibration(verdict, reasons, gamma, alpha, config, len(prompts), predicted, m, models)
+    score_model = None
+    if labelled:
+        scored = [r for r in records if r["correct"] is not None]
+        fps = pair_fingerprints(llm.base, llm.guides)
+        models["fingerprints"] = fps
+        right = sum(bool(r["correct"]) for r in scored)
+        if min(right, len(scored) - right) < 2:
+            why = (f"no score model: fitting needs at least 2 right and 2 wrong answers, the pair "
+                   f"answered {right} of {len(scored)} right; use more (or other) labelled items")
+            return Calibration(verdict, reasons, gamma, alpha, config, len(prompts), predicted,
+                               m, models, None, records, why)
+        score_model = fit_score_model(
+            [r["reliability"]["features"] for r in scored], [bool(r["correct"]) for r in scored],
+            target=flag_target, calibration=calibration, strategy="blendin", gamma=gamma,
+            alpha="auto", fingerprints=fps,
+            about={"models": {"base": models["base"], "guides": models["guides"]},
+                   "data": settings or {}, "max_new_tokens": max_new_tokens})
+        # it scores the answers of the strategy it was fitted on (blendin), also when the verdict
+        # recommends base_only: per call, strategy="blendin" answers get the calibrated score
+        rel = dataclasses.replace(config.reliability, score_model=score_model)
+        config = dataclasses.replace(config, reliability=rel)
+    return Calibration(verdict, reasons, gamma, alpha, config, len(prompts), predicted, m, models,
+                       score_model, records)
 
 
-def load_profile(path: str | Path) -> dict:
-    """Read and check a profile file written by ``blendin calibrate``."""
+def load_profile(path: str | Path, force: bool = False) -> dict:
+    """Read and check a profile file written by ``blendin calibrate``.
+
+    Args:
+        path: the profile (JSON).
+        force: mark its score model to be applied even to another model pair.
+
+    Returns:
+        The profile's dict; ``"config"`` is a BlendConfig, whose ``reliability.score_model`` is the
+        profile's score model when it has one (it scores answers of the strategy it was fitted
+        on).
+    """
+    from .calibrated import ScoreModel
+
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the profile {str(path)!r}: {e}") from None
-    if not isinstance(data, dict) or data.get("blendin_profile") != PROFILE_VERSION:
-        raise ConfigError(f"{str(path)!r} is not a blendin profile (version {PROFILE_VERSION})")
-    data["config"] = BlendConfig.from_dict(data.get("config") or {})
+    if not isinstance(data, dict) or data.get("blendin_profile") not in READABLE_VERSIONS:
+        raise ConfigError(f"{str(path)!r} is not a blendin profile (version "
+                          f"{' or '.join(map(str, READABLE_VERSIONS))})")
+    config = BlendConfig.from_dict(data.get("config") or {})
+    sm = data.get("score_model")
+    if sm is not None:
+        model = ScoreModel.from_dict(sm, force=force)
+        data["score_model"] = model
+        rel = dataclasses.replace(config.reliability, score_model=model)
+        config = dataclasses.replace(config, reliability=rel)
+    data["config"] = config
     return data
 
 

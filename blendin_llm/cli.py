@@ -139,12 +139,17 @@ def reliability_table(rel: Reliability) -> Table:
     t.add_column()
     verdict = Text("FLAGGED", style="bold red") if rel.flagged else Text("ok", style="bold green")
     t.add_row("verdict", verdict)
-    t.add_row("score", f"{rel.score:.2f}  (confidence {rel.components.confidence:.2f}, "
-                       f"stability {rel.components.stability:.2f}, "
-                       f"consensus {rel.components.consensus:.2f})")
+    if rel.score_source == "profile":
+        t.add_row("score", f"{rel.score:.2f}  (calibrated P(correct); flagged below "
+                           f"{rel.threshold:.2f}, chosen for {rel.flag_target})")
+    else:
+        t.add_row("score", f"{rel.score:.2f}  ({rel.score_source.replace('_', ' ')}, "
+                           "uncalibrated: `blendin calibrate` fits a profile)")
     t.add_row("strategy", rel.strategy)
     t.add_row("tokens / interventions", f"{rel.tokens} / {rel.interventions} "
-                                        f"({rel.intervention_rate:.0%})")
+                                        f"({rel.intervention_rate:.0%})"
+              + (f", {rel.unscored_tokens} stop-string token(s) not scored"
+                 if rel.unscored_tokens else ""))
 
     def f(x):
         return "-" if x is None else f"{x:.2f}"
@@ -281,9 +286,14 @@ def eval_cmd(
     base: str = typer.Option(DEFAULT_BASE),
     guide: Optional[List[str]] = typer.Option(None),
     gamma: float = typer.Option(0.4),
+    profile: Optional[str] = typer.Option(None, help="apply this profile's calibrated score "
+                                                     "(from `blendin calibrate`)"),
+    force_profile: bool = typer.Option(False, help="apply --profile even if it was fitted for "
+                                                   "other models"),
 ) -> None:
     """Compare strategies on local data: per-answer records, a summary table with accuracy,
-    intervention rate, reliability and its AUROC, plots and an HTML report. Resumable."""
+    intervention rate, reliability (AUROC, PRR, ECE, Brier) next to single-signal baselines,
+    plots and an HTML report. Resumable."""
     from .datasets import load_dataset
     from .evaluation import lock_output, parse_strategies, run_eval
     from .report import write_report
@@ -302,7 +312,14 @@ def eval_cmd(
                 err.print(f"[yellow]warning:[/yellow] {ds.name}: {ds.skipped} malformed line(s) "
                           "skipped")
         held.enter_context(lock_output(out_dir))
+        prof = _load_score_profile(profile, force_profile, sets) if profile else None
         llm = _build(base, guide or [DEFAULT_GUIDE], "blendin", gamma, "auto", None)
+        if prof is not None:
+            import dataclasses
+
+            rel = dataclasses.replace(llm.config.reliability, score_model=prof)
+            llm.config = dataclasses.replace(llm.config, reliability=rel)
+            llm._check_config(llm.config)  # the pair check: refused for other models
         records = run_eval(llm, sets, [r.label for r in runs], out=out_dir,
                            max_new_tokens=max_new_tokens, fresh=fresh, settings=settings)
         rep = write_report(records, out_dir, plots=plots)
@@ -310,60 +327,113 @@ def eval_cmd(
     out.print(f"[dim]records: {out_dir}/records.jsonl, report: {rep['html']}[/dim]")
 
 
+def _load_score_profile(path: str, force: bool, settings: dict):
+    """The score model of a profile; warns when the data to evaluate is the data it was fit on."""
+    from .calibration import load_profile
+
+    model = load_profile(path, force=force)["score_model"]
+    if model is None:
+        raise BlendInError(f"the profile {path!r} has no score model: run `blendin calibrate` on "
+                           "labelled data to fit one")
+    fit = (model.fit or {}).get("data") or {}
+    if fit and all(fit.get(k) == settings.get(k) for k in ("data", "limit", "seed")):
+        err.print("[yellow]warning:[/yellow] these are the items the profile was fitted on: "
+                  "its numbers here are not held-out")
+    return model
+
+
 def eval_table(rows) -> None:
+    def f(x, fmt="{:.2f}"):
+        return "-" if x is None else fmt.format(x)
+
     t = Table(title="evaluation", title_justify="left")
-    cols = ("task", "strategy", "n", "accuracy", "interv. rate", "reliability", "flagged",
-            "tok/s", "AUROC score", "AUROC base")
-    for c in cols:
+    for c in ("task", "strategy", "n", "accuracy", "interv. rate", "mean score", "flagged",
+              "tok/s"):
         t.add_column(c, justify="left" if c in ("task", "strategy") else "right")
     for r in rows:
-        def f(x, fmt="{:.2f}"):
-            return "-" if x is None else fmt.format(x)
         t.add_row(r["task"], r["strategy"], str(r["n"]), f(r["accuracy"]),
                   f(r["intervention_rate"]), f(r["reliability"]), f(r["flagged"]),
-                  f(r["tokens_per_s"], "{:.1f}"), f(r["auroc_score"]), f(r["auroc_baseline"]))
+                  f(r["tokens_per_s"], "{:.1f}"))
+    out.print(t)
+    t = Table(title="reliability score: right vs wrong answers (best single baseline by AUROC)",
+              title_justify="left")
+    for c in ("task", "strategy", "AUROC", "PRR", "ECE", "Brier", "baseline", "AUROC", "PRR"):
+        t.add_column(c, justify="left" if c in ("task", "strategy", "baseline") else "right")
+    for r in rows:
+        best = r.get("best_baseline")
+        b = r["baselines"][best] if best else {"auroc": None, "prr": None}
+        t.add_row(r["task"], r["strategy"], f(r["auroc_score"]), f(r["prr_score"]),
+                  f(r["ece_score"]), f(r["brier_score"]), best or "-", f(b["auroc"]),
+                  f(b["prr"]))
     out.print(t)
 
 
 @app.command()
 def calibrate(
-    data: str = typer.Argument(..., help="prompts: any data file `blendin eval` reads"),
-    n: int = typer.Option(50, "--n", help="prompts to run"),
+    data: str = typer.Argument(..., help="labelled data: any data file `blendin eval` reads"),
     format: str = typer.Option("auto", "--format"),
-    seed: Optional[int] = typer.Option(0, help="seeded sample of the prompts"),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    limit: Optional[int] = typer.Option(50, "--limit", "--n", help="items to run"),
+    seed: Optional[int] = typer.Option(0, help="seeded sample of the items (with --limit)"),
+    fewshot: Optional[str] = typer.Option(None, help="file of exemplars, as for `blendin eval`"),
+    fewshot_k: int = typer.Option(3, help="exemplars taken from --fewshot"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
     target_rate: float = typer.Option(0.20, help="intervention rate to stay under"),
+    gamma: Optional[float] = typer.Option(None, help="fix gamma (skips the base-only pass and "
+                                                     "the recommendation)"),
+    flag_target: str = typer.Option("recall=0.8", help="what the flag threshold must reach on "
+                                    "the fit data: precision=P (share of kept answers that are "
+                                    "right) or recall=R (share of wrong answers flagged)"),
+    calibration: str = typer.Option("auto", help="platt, isotonic or auto (isotonic from 500 "
+                                                 "answers on)"),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="keep the answers' records here "
+                                          "(resumable; an eval run with the same settings is "
+                                          "reused)"),
     profile: str = typer.Option("blendin-profile.json", help="where to write the profile"),
     base: str = typer.Option(DEFAULT_BASE),
     guide: Optional[List[str]] = typer.Option(None),
 ) -> None:
-    """Judge a base/guide pair on N prompts: intervention rate, agreement, divergence, a verdict
-    (good / risky / bad), recommended gamma and alpha; writes a profile BlendedLLM can load."""
+    """Judge a base/guide pair on labelled items (intervention rate, agreement, divergence, a
+    verdict, recommended gamma and alpha) and fit its calibrated reliability score; writes a
+    profile that BlendedLLM.from_profile and `blendin eval --profile` load."""
     from pathlib import Path
 
+    from .calibrated import parse_target
     from .calibration import calibrate as run_calibration
     from .datasets import load_dataset
 
-    with _errors():
-        if n < 1:
-            raise ConfigError(f"--n must be at least 1, got {n}")
+    settings = {"data": [str(data)], "limit": limit, "seed": seed, "fewshot": fewshot,
+                "fewshot_k": fewshot_k}
+    with _errors(), contextlib.ExitStack() as held:
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {limit}")
         _check_call({"max_new_tokens": max_new_tokens})
-        ds = load_dataset(data, format, limit=n, seed=seed)
+        parse_target(flag_target)
+        if calibration not in ("auto", "platt", "isotonic"):
+            raise ConfigError(f"--calibration must be auto, platt or isotonic, got "
+                              f"{calibration!r}")
+        ds = load_dataset(data, format, limit=limit, seed=seed, fewshot=fewshot,
+                          fewshot_k=fewshot_k)
         if not Path(profile).resolve().parent.is_dir() or not os.access(
                 Path(profile).resolve().parent, os.W_OK):
             raise BlendInError(f"cannot write the profile to {profile!r}: its directory is "
                                "missing or not writable; pass another --profile")
+        if out_dir is not None:
+            from .evaluation import lock_output
+
+            held.enter_context(lock_output(out_dir))
         llm = _build(base, guide or [DEFAULT_GUIDE], "blendin", 0.4, "auto", None)
         from rich.progress import Progress
 
         with Progress(transient=True) as prog:
-            task = prog.add_task("calibrating", total=2 * len(ds.items))
-            cal = run_calibration(llm, [it.prompt for it in ds.items],
-                                  max_new_tokens=max_new_tokens, target_rate=target_rate,
+            task = prog.add_task("calibrating", total=(1 if gamma is not None else 2)
+                                 * len(ds.items))
+            cal = run_calibration(llm, ds.items, max_new_tokens=max_new_tokens,
+                                  target_rate=target_rate, gamma=gamma, flag_target=flag_target,
+                                  calibration=calibration, out=out_dir, settings=settings,
                                   progress=lambda: prog.advance(task))
         cal.save(profile)
     style = {"good": "bold green", "risky": "bold yellow", "bad": "bold red"}[cal.verdict]
-    t = Table(title=f"calibration on {cal.prompts} prompts", show_header=False,
+    t = Table(title=f"calibration on {cal.prompts} items", show_header=False,
               title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -374,8 +444,26 @@ def calibrate(
                              f"alpha {cal.alpha}")
     for k, v in cal.measurements.items():
         t.add_row(k.replace("_", " "), "-" if v is None else f"{v:.3f}")
+    sm = cal.score_model
+    if sm is not None:
+        fit, thr = sm.fit, sm.fit["threshold_on_fit"]
+
+        def f(x):
+            return "-" if x is None else f"{x:.3f}"
+
+        t.add_row("score model", f"logistic regression (C={fit['C']:.3g}) + {fit['calibration']}"
+                                 f" on {fit['answers']} answers ({fit['right']} right)")
+        t.add_row("out-of-fold", f"AUROC {f(fit['oof_auroc'])}, Brier {f(fit['oof_brier'])}, "
+                                 f"ECE {f(fit['oof_ece'])}")
+        t.add_row("flag threshold", f"{sm.threshold:.3f} for {sm.target}: on the fit data "
+                                    f"precision {thr['precision']:.2f}, recall of wrong "
+                                    f"{thr['recall']:.2f}, kept {thr['kept']:.0%}"
+                                    + ("" if thr["met"] else " (target NOT reached)"))
+    else:
+        t.add_row("score model", Text(cal.no_score_model or "none: the items have no answers "
+                                      "or labels to score", style="yellow"))
     out.print(t)
-    out.print(f"[dim]profile: {profile} (BlendedLLM.from_profile)[/dim]")
+    out.print(f"[dim]profile: {profile} (BlendedLLM.from_profile, blendin eval --profile)[/dim]")
 
 
 def _installed(name: str) -> bool:

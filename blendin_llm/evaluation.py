@@ -13,8 +13,11 @@ atomically); a rerun with other settings is refused (use another output director
 ``fresh=True``). One run at a time writes a directory: ``lock_output`` holds it, and a second
 process fails at once with an ``EvalError`` that names the holder.
 
-The reliability score is judged by its AUROC for telling correct answers from wrong ones, next to a
-plain baseline: the mean log-probability of the emitted tokens under the base model alone.
+The reliability score is judged (``blendin_llm.metrics``) by its AUROC and prediction-rejection
+ratio (PRR) for telling right answers from wrong ones, and as a probability by its ECE and Brier
+score, next to every single-signal baseline (``blendin_llm.uncertainty.BASELINES``: normalized
+probability, min token probability, mean/min negentropy, margin; over the final distribution and
+under the base alone). Judge a fitted profile only on items it was not fitted on.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from typing import Any
 
 from .datasets import Dataset
 from .errors import ConfigError, EvalError
+from .metrics import auroc, brier, ece, prr
 from .scoring import score_answer
+from .uncertainty import BASELINES
 
 DEFAULT_STRATEGIES = ("base_only", "guide_only", "nudging", "blendin", "blendin:alpha=0.5",
                       "ensemble")
@@ -253,9 +258,10 @@ def read_records(path: str | Path) -> list[dict]:
 def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[str] =
              DEFAULT_STRATEGIES, out: str | Path | None = None, *, max_new_tokens: int | dict = 64,
              trace: bool = True, progress: bool = True, fresh: bool = False,
-             settings: dict | None = None) -> list[dict]:
+             settings: dict | None = None, on_record: Any = None) -> list[dict]:
     """Generate every (item, strategy) pair, score it, and return all records (earlier finished
-    ones of a resumed run included). ``max_new_tokens`` may be a dict by task name."""
+    ones of a resumed run included). ``max_new_tokens`` may be a dict by task name;
+    ``on_record`` is called with each new record."""
     runs = parse_strategies(strategies)
     datasets = list(datasets)
     budget = (lambda task: int(max_new_tokens.get(task, 64))) if isinstance(max_new_tokens, dict) \
@@ -266,11 +272,11 @@ def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[s
         path = prepare_output(out, meta, fresh) if out is not None else None
         if path is not None:
             _mend_tail(path)
-        return _run(llm, datasets, runs, path, budget, trace, progress)
+        return _run(llm, datasets, runs, path, budget, trace, progress, on_record)
 
 
 def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path | None,
-         budget: Any, trace: bool, progress: bool) -> list[dict]:
+         budget: Any, trace: bool, progress: bool, on_record: Any = None) -> list[dict]:
     done = {(r["task"], r["item_id"], r["strategy"]): r for r in read_records(path)} if path else {}
     todo = [(ds, it, r) for ds in datasets for it in ds.items for r in runs
             if (it.task, it.id, r.label) not in done]
@@ -297,6 +303,8 @@ def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path 
                 os.fsync(sink.fileno())
             if bar:
                 bar[0].update(bar[1], advance=1, description=f"{item.task} {run.label}")
+            if on_record is not None:
+                on_record(rec)
     finally:
         if sink:
             sink.close()
@@ -348,54 +356,81 @@ def _progress(total: int, finished: int):
 
 
 # -- numbers -----------------------------------------------------------------------------------
-def auroc(scores: Sequence[float], correct: Sequence[bool]) -> float | None:
-    """Area under the ROC curve of ``scores`` for predicting ``correct`` (ties count half);
-    None when only one class is present."""
-    pos = [s for s, c in zip(scores, correct) if c]
-    neg = [s for s, c in zip(scores, correct) if not c]
-    if not pos or not neg:
-        return None
-    ranked = sorted((s, i) for i, s in enumerate(list(pos) + list(neg)))
-    ranks = [0.0] * len(ranked)
-    i = 0
-    while i < len(ranked):  # average ranks over ties
-        j = i
-        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[ranked[k][1]] = (i + j) / 2 + 1
-        i = j + 1
-    r_pos = sum(ranks[: len(pos)])
-    return (r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
 def baseline_confidence(record: dict) -> float:
-    """The plain confidence baseline: mean log-prob of the emitted tokens under the base."""
+    """The first release's baseline: mean log-prob of the answer's tokens under the base (its
+    ranking is that of ``base_norm_prob``)."""
     v = record["reliability"].get("base_mean_logprob")
     return float("-inf") if v is None else v
 
 
+def feature(record: dict, name: str) -> float | None:
+    """One uncertainty feature of a record (None for records without features)."""
+    return (record["reliability"].get("features") or {}).get(name)
+
+
+def rescore(records: Sequence[dict], model: Any) -> list[dict]:
+    """Copies of ``records`` scored by a ScoreModel from their stored features (no decoding):
+    ``score``, ``flagged`` (score < threshold), ``threshold`` and ``flag_target`` of each record
+    of the model's strategy; other records are copied unchanged."""
+    out = []
+    for r in records:
+        r = dict(r)
+        rel = dict(r["reliability"])
+        if model.applies_to(rel["strategy"].split(":")[0]) and rel.get("features") and \
+                rel.get("tokens"):
+            rel["score"] = model.predict(rel["features"])
+            rel["flagged"] = rel["score"] < model.threshold
+            rel.update(score_source="profile", threshold=model.threshold,
+                       flag_target=model.target)
+        r["reliability"] = rel
+        out.append(r)
+    return out
+
+
+def signal_metrics(records: Sequence[dict]) -> dict[str, dict]:
+    """AUROC and PRR of the score and of each baseline feature over the scored records."""
+    scored = [r for r in records if r["correct"] is not None]
+    y = [bool(r["correct"]) for r in scored]
+    out = {}
+    for name in ("score",) + BASELINES:
+        vals = [r["reliability"]["score"] if name == "score" else feature(r, name)
+                for r in scored]
+        out[name] = {"auroc": auroc(vals, y), "prr": prr(vals, y)}
+    return out
+
+
 def summarize(records: Sequence[dict]) -> list[dict]:
-    """One row per (task, strategy), in first-seen order."""
+    """One row per (task, strategy), in first-seen order: accuracy, intervention rate, mean score,
+    flagged share, tokens/s; AUROC, PRR, ECE and Brier of the score; each baseline's AUROC and
+    PRR (``baselines``) and the best of them by AUROC (``best_baseline``)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["task"], r["strategy"]), []).append(r)
     rows = []
     for (task, strategy), rs in groups.items():
         scored = [r for r in rs if r["correct"] is not None]
+        y = [bool(r["correct"]) for r in scored]
         rel = [r["reliability"] for r in rs]
         secs = sum(r["elapsed_s"] for r in rs)
+        scores = [r["reliability"]["score"] for r in scored]
+        sig = signal_metrics(rs)
+        base = {k: v for k, v in sig.items() if k != "score"}
+        ranked = [k for k in base if base[k]["auroc"] is not None]
         rows.append({
             "task": task, "strategy": strategy, "n": len(rs), "scored": len(scored),
-            "accuracy": _avg([float(r["correct"]) for r in scored]),
+            "accuracy": _avg([float(c) for c in y]),
             "intervention_rate": _avg([x["intervention_rate"] for x in rel]),
             "reliability": _avg([x["score"] for x in rel]),
             "flagged": _avg([float(x["flagged"]) for x in rel]),
+            "score_source": ",".join(sorted({x.get("score_source", "?") for x in rel})),
             "tokens_per_s": sum(r["tokens"] for r in rs) / secs if secs else None,
-            "auroc_score": auroc([r["reliability"]["score"] for r in scored],
-                                 [r["correct"] for r in scored]),
-            "auroc_baseline": auroc([baseline_confidence(r) for r in scored],
-                                    [r["correct"] for r in scored]),
+            "auroc_score": sig["score"]["auroc"], "prr_score": sig["score"]["prr"],
+            "ece_score": ece(scores, y), "brier_score": brier(scores, y),
+            "auroc_baseline": auroc([baseline_confidence(r) for r in scored], y),
+            "baselines": base,
+            "best_baseline": max(ranked, key=lambda k: base[k]["auroc"]) if ranked else None,
         })
     return rows
 
@@ -409,15 +444,35 @@ def format_table(rows: Sequence[dict]) -> str:
     def f(x, fmt="{:.2f}"):
         return "-" if x is None else fmt.format(x)
 
-    head = ("| task | strategy | n | accuracy | interv. rate | reliability | flagged | tokens/s "
-            "| AUROC score | AUROC baseline |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| task | strategy | n | accuracy | interv. rate | score | flagged | tokens/s "
+            "| AUROC | PRR | ECE | Brier | best baseline | its AUROC | its PRR |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     lines = [head]
     for r in rows:
+        best = r.get("best_baseline")
+        b = r["baselines"][best] if best else {"auroc": None, "prr": None}
         lines.append(
             f"| {r['task']} | {r['strategy']} | {r['n']} | {f(r['accuracy'])} | "
             f"{f(r['intervention_rate'])} | {f(r['reliability'])} | {f(r['flagged'])} | "
-            f"{f(r['tokens_per_s'], '{:.1f}')} | {f(r['auroc_score'])} | {f(r['auroc_baseline'])} |"
+            f"{f(r['tokens_per_s'], '{:.1f}')} | {f(r['auroc_score'])} | {f(r['prr_score'])} | "
+            f"{f(r['ece_score'])} | {f(r['brier_score'])} | {best or '-'} | {f(b['auroc'])} | "
+            f"{f(b['prr'])} |"
         )
+    return "\n".join(lines)
+
+
+def format_baselines(rows: Sequence[dict]) -> str:
+    """Every baseline's AUROC / PRR per (task, strategy), as a Markdown table."""
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    head = "| task | strategy | score | " + " | ".join(BASELINES) + " |\n|---|---|" + \
+        "---:|" * (1 + len(BASELINES))
+    lines = [head]
+    for r in rows:
+        cells = [f"{f(r['auroc_score'])} / {f(r['prr_score'])}"] + [
+            f"{f(r['baselines'][k]['auroc'])} / {f(r['baselines'][k]['prr'])}" for k in BASELINES]
+        lines.append(f"| {r['task']} | {r['strategy']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

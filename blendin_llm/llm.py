@@ -109,12 +109,13 @@ class BlendedLLM:
     @classmethod
     def from_profile(cls, path: Any, base: ModelLike | None = None,
                      guides: Sequence[ModelLike] | ModelLike | None = None,
-                     **kwargs: Any) -> "BlendedLLM":
+                     force: bool = False, **kwargs: Any) -> "BlendedLLM":
         """The pair and the recommended config of a profile written by ``blendin calibrate``
-        (``base``/``guides`` replace the models it names, e.g. already-loaded ones)."""
+        (``base``/``guides`` replace the models it names, e.g. already-loaded ones). A profile
+        whose score model was fitted for other models raises ConfigError unless ``force``."""
         from .calibration import load_profile
 
-        prof = load_profile(path)
+        prof = load_profile(path, force=force)
         models = prof.get("models") or {}
         return cls(base if base is not None else models.get("base"),
                    guides if guides is not None else models.get("guides"),
@@ -141,6 +142,10 @@ class BlendedLLM:
                 f"strategy {config.strategy!r} needs at least one guide model; pass guides=[...] "
                 "or use strategy='base_only'"
             )
+        if config.reliability.score_model is not None:  # a profile's: fitted for these models?
+            from .calibrated import check_pair
+
+            check_pair(config.reliability.score_model, self.base, self.guides)
 
     def _resolve_config(self, overrides: dict[str, Any]) -> BlendConfig:
         if not overrides:

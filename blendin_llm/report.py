@@ -12,7 +12,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .evaluation import auroc, baseline_confidence, format_table, summarize
+from .evaluation import auroc, feature, format_baselines, format_table, summarize
+from .metrics import risk_coverage
+
+#: the baselines drawn next to the score in the plots (the rest are in the tables)
+PLOTTED = ("norm_prob", "min_prob", "mean_negentropy", "base_norm_prob")
 
 
 def roc_points(scores: Sequence[float], correct: Sequence[bool]) -> list[tuple[float, float]]:
@@ -44,8 +48,8 @@ def calibration_bins(scores: Sequence[float], correct: Sequence[bool], bins: int
 
 
 def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[Path]:
-    """Three PNGs: accuracy per strategy, accuracy vs intervention rate, reliability ROC and
-    calibration. Returns their paths."""
+    """Four PNGs: accuracy per strategy, accuracy vs intervention rate, reliability ROC and
+    calibration, and risk-coverage per task. Returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,8 +102,10 @@ def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[P
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     scored = [r for r in records if r["correct"] is not None]
     y = [bool(r["correct"]) for r in scored]
-    for name, vals in (("reliability score", [r["reliability"]["score"] for r in scored]),
-                       ("base mean log-prob", [baseline_confidence(r) for r in scored])):
+    for name, vals in [("reliability score", [r["reliability"]["score"] for r in scored])] + [
+            (b, [feature(r, b) for r in scored]) for b in PLOTTED]:
+        if any(v is None for v in vals):
+            continue
         pts = roc_points(vals, y)
         if pts:
             a = auroc(vals, y)
@@ -123,6 +129,27 @@ def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[P
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     paths.append(out / "reliability.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rs = [r for r in scored if r["task"] == task]
+        yy = [bool(r["correct"]) for r in rs]
+        for name, vals in [("score", [r["reliability"]["score"] for r in rs])] + [
+                (b, [feature(r, b) for r in rs]) for b in PLOTTED]:
+            if rs and all(v is not None for v in vals):
+                pts = risk_coverage(vals, yy)
+                ax.plot([c for c, _ in pts], [e for _, e in pts], label=name,
+                        lw=2 if name == "score" else 1)
+        ax.set_xlabel("coverage (share of answers kept)")
+        ax.set_ylabel("error rate of kept answers")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"risk-coverage: {task}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "risk_coverage.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
@@ -160,7 +187,8 @@ def write_html(records: Sequence[dict], rows: Sequence[dict], plots: Sequence[Pa
              ".ok{color:#070}.bad{color:#a00}</style>",
              f"<h1>{html.escape(title)}</h1><h2>Summary</h2><table><tr>"]
     cols = ["task", "strategy", "n", "accuracy", "intervention_rate", "reliability", "flagged",
-            "tokens_per_s", "auroc_score", "auroc_baseline"]
+            "tokens_per_s", "auroc_score", "prr_score", "ece_score", "brier_score",
+            "best_baseline"]
     parts.append("".join(f"<th>{c}</th>" for c in cols) + "</tr>")
     for r in rows:
         cells = [r[c] if isinstance(r[c], (str, int)) else ("-" if r[c] is None else f"{r[c]:.2f}")
@@ -208,7 +236,9 @@ def write_report(records: Sequence[dict], out: str | Path, title: str = "blendin
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(records)
-    (out / "summary.md").write_text(format_table(rows) + "\n")
+    (out / "summary.md").write_text(format_table(rows) + "\n\nAUROC / PRR of the score and of "
+                                    "each single-signal baseline:\n\n" + format_baselines(rows)
+                                    + "\n")
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     pngs = plot_all(records, rows, out / "plots") if plots and records else []
     write_html(records, rows, pngs, out / "report.html", title)

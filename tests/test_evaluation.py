@@ -307,14 +307,19 @@ def test_summary_and_report(make_llm, qa, tmp_path):
     assert rows[0]["intervention_rate"] == 0 and rows[1]["intervention_rate"] == 1
     rep = write_report(recs, tmp_path / "rep")
     assert [p.name for p in rep["plots"]] == ["accuracy.png", "accuracy_vs_intervention.png",
-                                              "reliability.png"]
+                                              "reliability.png", "risk_coverage.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in rep["plots"])
     page = rep["html"].read_text()
     blended = sum(1 for r in recs for e in r["reliability"]["trace"]
                   if e["source"] == "blend" and e["text"])
     assert page.count('class="b"') == blended > 0  # every blended token is tinted, no other
     assert "qa q0" in page and "base_only" in page and "data:image/png;base64," in page
-    assert "| qa | blendin | 4 |" in rep["summary"].read_text()
+    summary = rep["summary"].read_text()
+    assert "| qa | blendin | 4 |" in summary and "| norm_prob |" in summary
+    # the score (default: the normalized probability) next to each single-signal baseline
+    row = rows[1]
+    assert row["baselines"]["norm_prob"]["auroc"] == row["auroc_score"]
+    assert row["score_source"] == "normalized_probability"
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -392,3 +397,8 @@ def test_cli_eval_and_calibrate_end_to_end(tok, base_model, guide_model, tmp_pat
     assert code == 0, text
     prof = load_profile(tmp_path / "p.json")
     assert prof["verdict"] in text and prof["models"]["base"] == str(tmp_path / "base")
+    # two labelled answers cannot fit a score model: the profile says so and has none
+    assert "no score model" in text and prof["score_model"] is None
+    code, text = cli("eval", str(d), *models, "--profile", str(tmp_path / "p.json"),
+                     "--out", str(tmp_path / "run2"))
+    assert code == 2 and "has no score model" in text
