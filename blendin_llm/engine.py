@@ -333,6 +333,7 @@ class Generation:
         self._advance(None)
         starts: list[int] = []  # where each token's text starts in the decoded text
         answer_end: int | None = None  # where the answer ends in it (a stop string starts)
+        eos_end = False  # the answer's last token is an EOS
         for index in range(self.budget):
             c = self._choose()
             self.generated.append(c.token)
@@ -340,7 +341,7 @@ class Generation:
             starts.append(len(self.answer_text))
             eos = c.token in self.base_eos or (c.consulted and c.token in self.guide_eos)
             if eos:
-                finish = "stop"
+                finish, eos_end = "stop", True
                 stop_seq = self.base.tokenizer.convert_ids_to_tokens(c.token)
                 delta = emit = ""
                 hit = None
@@ -394,6 +395,8 @@ class Generation:
         # were decoded to recognise it, and are neither counted nor scored
         n = len(self.generated) if answer_end is None else \
             sum(1 for s in starts if s < answer_end)
+        if logprobs is not None:  # the answer's tokens only, as for the usage
+            del logprobs[n:]
         prompt_n = len(self.base_prompt)
         result = BlendResult(
             text="".join(text_parts),
@@ -403,7 +406,8 @@ class Generation:
             usage=Usage(prompt_tokens=prompt_n, completion_tokens=n, total_tokens=prompt_n + n,
                         guide_tokens_computed=self.guide_tokens),
             reliability=tracker.finish(capped=self.capped, intervention_cap=self.cap,
-                                       answer_tokens=n, stopped=finish == "stop"),
+                                       answer_tokens=n, stopped=finish == "stop",
+                                       eos=eos_end),
             model=self.model_name,
             elapsed_s=time.perf_counter() - t0,
             logprobs=logprobs,

@@ -86,12 +86,17 @@ class ReliabilityTracker:
         self.tokens += 1
 
     def finish(self, capped: int = 0, intervention_cap: float | None = None,
-               answer_tokens: int | None = None, stopped: bool = False) -> Reliability:
-        """The record over the first ``answer_tokens`` steps (default: all). ``stopped``: the answer
-        ended by itself (EOS or a stop string) rather than at the token budget."""
+               answer_tokens: int | None = None, stopped: bool = False,
+               eos: bool = False) -> Reliability:
+        """The record of the first ``answer_tokens`` steps (default: all), the last of which is an
+        EOS token when ``eos``. Its statistics are over the answer's text tokens (the EOS step is
+        counted in ``tokens`` but not scored: OpenAI-shaped log-probs, which UQLM scores, do not
+        list it either). ``stopped``: the answer ended by itself (EOS or a stop string) rather
+        than at the token budget."""
         cfg, rc = self.config, self.config.reliability
         n_all = len(self.steps)
-        n = n_all if answer_tokens is None else max(0, min(answer_tokens, n_all))
+        n_answer = n_all if answer_tokens is None else max(0, min(answer_tokens, n_all))
+        n = max(0, n_answer - 1) if eos else n_answer  # the scored steps
         steps, grows = self.steps[:n], [r for r in self.guide_rows[:n] if r is not None]
         g, k = len(self.names), len(grows)
 
@@ -173,8 +178,8 @@ class ReliabilityTracker:
                 e.scored = False
         return Reliability(
             strategy=self.strategy,
-            tokens=n,
-            unscored_tokens=n_all - n,
+            tokens=n_answer,
+            unscored_tokens=n_all - n_answer,
             interventions=k,
             intervention_rate=rate,
             base_unsure_rate=unsure,

@@ -39,8 +39,8 @@ class TraceEntry(BaseModel):
     )
     prob: float = Field(description="probability of the chosen token in the final distribution")
     scored: bool = Field(
-        True, description="False for a token decoded after the answer ended (a stop string's), "
-        "which the reliability record does not count"
+        True, description="False for the EOS token and for tokens decoded after the answer ended "
+        "(a stop string's): the reliability statistics leave them out"
     )
 
 
@@ -72,7 +72,8 @@ class Reliability(BaseModel):
     """How far to trust one response. Every field is documented in the README."""
 
     strategy: str
-    tokens: int = Field(description="the answer's decoding steps (EOS included), the ones scored")
+    tokens: int = Field(description="the answer's tokens (EOS included); the statistics are over "
+                        "its text tokens (EOS excluded)")
     unscored_tokens: int = Field(
         0, description="tokens decoded after the answer ended (a stop string's), not scored"
     )

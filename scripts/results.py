@@ -1,10 +1,18 @@
-"""Produce docs/results.md: the offline default pair, every strategy, three data sets.
+"""Produce docs/results.md: the reliability score of the default pair, fitted and judged on
+separate items.
 
-    python scripts/results.py [--data ../shared/data] [--run runs/results] [--docs docs]
+    python scripts/results.py [--data ../shared/data] [--run runs/rel] [--docs docs] [--no-decode]
 
-(a) the first 50 GSM8K test items, (b) 60 XSTest prompts (30 safe + 30 unsafe, seeded sample),
-(c) 100 generated arithmetic questions (scripts/make_arithmetic.py, seed 1). Resumable: a rerun
-skips finished records (``--run`` keeps them), then rewrites the tables and plots.
+Data (all answered by the default pair with ``blendin`` (auto alpha), gamma 0.4, greedy):
+
+* arithmetic: two sets of 150 generated questions (``scripts/make_arithmetic.py``, seed 11 to
+  fit, seed 12 to test), 3-shot, answers of at most 10 tokens;
+* XSTest: 120 prompts (60 safe + 60 unsafe, seeded sample 0), interleaved safe/unsafe, answers
+  of at most 12 tokens, split into two halves (alternate items of each label).
+
+The answers are decoded once (``blendin eval``, resumable records in ``--run``); the score model
+is fitted on one set and applied to the other from the stored features (``rescore``), both ways.
+``--no-decode`` uses the records there are (a cut run) without decoding more.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,157 +28,295 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_arithmetic  # noqa: E402
 
-from blendin_llm import BlendedLLM  # noqa: E402
-from blendin_llm.datasets import load_dataset  # noqa: E402
-from blendin_llm.evaluation import DEFAULT_STRATEGIES, auroc, baseline_confidence, run_eval  # noqa: E402
-from blendin_llm.report import write_report  # noqa: E402
+from blendin_llm.calibrated import ScoreModel, fit_score_model  # noqa: E402
+from blendin_llm.evaluation import feature, read_records, rescore  # noqa: E402
+from blendin_llm.metrics import auroc, brier, ece, prr, risk_coverage  # noqa: E402
+from blendin_llm.uncertainty import BASELINES, FEATURES  # noqa: E402
 
-# answers are cut short so the whole run fits in about an hour on 2 CPU cores (see the doc)
-MAX_NEW_TOKENS = {"gsm8k": 10, "xstest": 12, "arithmetic": 10}
-
-
-def gsm8k_answer_only_shots(train: Path, out: Path, k: int = 3) -> Path:
-    """k GSM8K train exemplars answered "The answer is N." (no worked solution)."""
-    with open(out, "w") as f:
-        for line in train.read_text().splitlines()[:k]:
-            ex = json.loads(line)
-            final = ex["answer"].split("####")[-1].strip()
-            f.write(json.dumps({"prompt": ex["question"], "answer": f"The answer is {final}."})
-                    + "\n")
-    return out
+MAX_NEW_TOKENS = {"arithmetic": 10, "xstest": 12}
+TARGETS = ("recall=0.8", "precision=0.9")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--run", default=str(ROOT / "runs" / "results"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
-    args = ap.parse_args()
-    data, run, docs = Path(args.data), Path(args.run), Path(args.docs)
+def prepare(run: Path, data: Path) -> dict[str, dict]:
+    """The data files and the eval settings of each run (as ``blendin eval`` stores them)."""
     run.mkdir(parents=True, exist_ok=True)
-    arith, arith_shots = run / "arithmetic.jsonl", run / "arithmetic_fewshot.jsonl"
-    make_arithmetic.write(str(arith), make_arithmetic.make(100, seed=1))
-    make_arithmetic.write(str(arith_shots), make_arithmetic.fewshot())
-    g_shots = gsm8k_answer_only_shots(data / "gsm8k" / "train_head200.jsonl", run / "gsm8k_fewshot.jsonl")
-    datasets = [
-        load_dataset(data / "gsm8k" / "test.jsonl", limit=50, fewshot=g_shots),
-        load_dataset(data / "xstest" / "xstest_prompts.csv", limit=60, seed=0),
-        load_dataset(arith, fewshot=arith_shots, name="arithmetic"),
-    ]
+    make_arithmetic.write(str(run / "arith_fit.jsonl"), make_arithmetic.make(150, seed=11))
+    make_arithmetic.write(str(run / "arith_test.jsonl"), make_arithmetic.make(150, seed=12))
+    make_arithmetic.write(str(run / "arith_shots.jsonl"), make_arithmetic.fewshot())
+    from blendin_llm.datasets import load_dataset
+
+    ds = load_dataset(data / "xstest" / "xstest_prompts.csv", limit=120, seed=0)
+    safe = [i for i in ds.items if i.label == "safe"]
+    unsafe = [i for i in ds.items if i.label == "unsafe"]
+    with open(run / "xstest_mix.jsonl", "w") as f:
+        for a, b in zip(safe, unsafe):
+            for it in (a, b):
+                f.write(json.dumps({"id": it.id, "prompt": it.prompt, "label": it.label}) + "\n")
+    shots = str(run / "arith_shots.jsonl")
+    return {
+        "arith-fit": {"data": str(run / "arith_fit.jsonl"), "fewshot": shots, "n": 10},
+        "arith-test": {"data": str(run / "arith_test.jsonl"), "fewshot": shots, "n": 10},
+        "xstest": {"data": str(run / "xstest_mix.jsonl"), "fewshot": None, "n": 12},
+    }
+
+
+def decode(run: Path, runs: dict[str, dict]) -> None:
+    from blendin_llm import BlendedLLM
+    from blendin_llm.datasets import load_dataset
+    from blendin_llm.evaluation import run_eval
+
     llm = BlendedLLM("gemma-3-270m", ["smollm2-135m-instruct"])
-    t0 = time.time()
-    records = run_eval(llm, datasets, DEFAULT_STRATEGIES, out=run, max_new_tokens=MAX_NEW_TOKENS)
-    wall = time.time() - t0
-    docs_dir = docs / "results"
-    rep = write_report(records, docs_dir, title="blendin-llm: default pair results")
-    (docs / "results.md").write_text(render(records, rep["rows"], datasets, llm, wall))
-    print((docs / "results.md").read_text())
+    for name, r in runs.items():
+        ds = load_dataset(r["data"], fewshot=r["fewshot"])
+        settings = {"data": [r["data"]], "limit": None, "seed": None, "fewshot": r["fewshot"],
+                    "fewshot_k": 3}
+        run_eval(llm, [ds], ["blendin"], out=run / name, max_new_tokens=r["n"],
+                 settings=settings)
 
 
 def f2(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def render(records, rows, datasets, llm, wall) -> str:
-    total = sum(r["elapsed_s"] for r in records)
-    L = ["# Results: the default offline pair", "",
-         "Generated by `python scripts/results.py` (do not edit by hand). "
-         f"Pair: `{llm.name}` (Gemma-3-270M base, SmolLM2-135M-Instruct guide), "
-         f"gamma {llm.config.gamma}, greedy decoding, every strategy on every item. "
-         f"{len(records)} answers, {total / 60:.0f} min of decoding "
-         f"({platform.machine()}, torch threads: 2).", "",
-         "## What was run, and what was cut", "",
-         "* GSM8K: the first 50 test items, 3-shot from the train file with exemplars answered "
-         "`The answer is N.` (no worked solution). **Cut:** no chain of thought, and answers stop "
-         f"after {MAX_NEW_TOKENS['gsm8k']} tokens: 96-token worked answers for 50 items x 6 "
-         "strategies would take about 2 hours on 2 CPU cores (about 4.5 tokens/s averaged over "
-         "the strategies).",
-         f"* XSTest: 60 prompts, 30 safe + 30 unsafe (seed 0). Answers stop after "
-         f"{MAX_NEW_TOKENS['xstest']} tokens (**cut**): a refusal shows in its first words.",
-         "* Arithmetic: 100 generated questions (`scripts/make_arithmetic.py`, seed 1: 50 one-step, "
-         "50 two-step), 3-shot, answers stop after "
-         f"{MAX_NEW_TOKENS['arithmetic']} tokens (`The answer is N.` fits).",
-         "* Strategies: " + ", ".join(f"`{s}`" for s in DEFAULT_STRATEGIES) + " (`blendin` = auto "
-         "alpha, `blendin:alpha=0.5` = fixed alpha).", "",
-         "Scoring is by rules (`blendin_llm.scoring`): last-number match for GSM8K and arithmetic; "
-         "XSTest correct = complies with a safe prompt, refuses an unsafe one (refusal phrases of "
-         "the XSTest authors).", "",
-         "## Summary", "",
-         "AUROC: how well a number separates correct from wrong answers of that row (0.5 = chance; "
-         "'-' = all answers right or all wrong). *score* = `reliability.score`; *baseline* = the "
-         "mean log-prob of the emitted tokens under the base alone.", "",
-         ]
-    from blendin_llm.evaluation import format_table
+def judge(recs: list[dict]) -> dict:
+    """Metrics of the (re)scored records and of every baseline."""
+    y = [bool(r["correct"]) for r in recs]
+    s = [r["reliability"]["score"] for r in recs]
+    out = {"n": len(recs), "accuracy": sum(y) / len(y) if y else None,
+           "auroc": auroc(s, y), "prr": prr(s, y), "ece": ece(s, y), "brier": brier(s, y)}
+    for b in BASELINES:
+        v = [feature(r, b) for r in recs]
+        out[b] = {"auroc": auroc(v, y), "prr": prr(v, y)}
+    thr = recs[0]["reliability"].get("threshold") if recs else None
+    if thr is not None:
+        kept = [c for c, sc in zip(y, s) if sc >= thr]
+        wrong = [sc < thr for c, sc in zip(y, s) if not c]
+        out["flag"] = {"threshold": thr, "flagged": 1 - len(kept) / len(y),
+                       "precision_kept": sum(kept) / len(kept) if kept else None,
+                       "recall_wrong": sum(wrong) / len(wrong) if wrong else None}
+    return out
 
-    L += [format_table(rows), ""]
-    # pooled AUROC per task
-    L += ["### Reliability score vs baseline, pooled over strategies", "",
-          "| task | answers | accuracy | AUROC score | AUROC baseline |", "|---|---:|---:|---:|---:|"]
-    for task in dict.fromkeys(r["task"] for r in records):
-        rs = [r for r in records if r["task"] == task and r["correct"] is not None]
-        y = [r["correct"] for r in rs]
-        L.append(f"| {task} | {len(rs)} | {f2(sum(y) / len(y) if y else None)} | "
-                 f"{f2(auroc([r['reliability']['score'] for r in rs], y))} | "
-                 f"{f2(auroc([baseline_confidence(r) for r in rs], y))} |")
-    rs = [r for r in records if r["correct"] is not None]
-    y = [r["correct"] for r in rs]
-    L.append(f"| all | {len(rs)} | {f2(sum(y) / len(y))} | "
-             f"{f2(auroc([r['reliability']['score'] for r in rs], y))} | "
-             f"{f2(auroc([baseline_confidence(r) for r in rs], y))} |")
-    L += ["", "### Score variants", "",
-          "The same answers scored with other weights of the score's components (confidence, "
-          "stability, consensus), recomputed from the components stored in each record. The "
-          "default (0.5, 0.5, 0) was chosen on a separate development set (40 arithmetic "
-          "questions generated with seed 0); the first release used (0.5, 0.25, 0.25).", "",
-          "| weights | " + " | ".join(f"AUROC {t}" for t in dict.fromkeys(r["task"] for r in records))
-          + " |", "|---|" + "---:|" * len(set(r["task"] for r in records))]
-    for w in ((0.5, 0.5, 0.0), (0.5, 0.25, 0.25), (1, 0, 0), (0, 1, 0), (0, 0, 1)):
-        cells = []
-        for task in dict.fromkeys(r["task"] for r in records):
-            rs = [r for r in records if r["task"] == task and r["correct"] is not None]
-            vals = [sum(wi * r["reliability"]["components"][c] for wi, c in
-                        zip(w, ("confidence", "stability", "consensus"))) for r in rs]
-            cells.append(f2(auroc(vals, [r["correct"] for r in rs])))
-        L.append(f"| {w} | " + " | ".join(cells) + " |")
-    L += ["", "### XSTest by label", "", "| strategy | safe: complied | unsafe: refused |",
-          "|---|---:|---:|"]
-    for s in DEFAULT_STRATEGIES:
-        cells = []
-        for lab in ("safe", "unsafe"):
-            xs = [r for r in records if r["task"] == "xstest" and r["strategy"] == s and
-                  r["label"] == lab]
-            cells.append(f"{sum(bool(r['correct']) for r in xs)}/{len(xs)}")
-        L.append(f"| {s} | {cells[0]} | {cells[1]} |")
-    L += ["", "### Per-answer signals: intervention rate, agreement, flags", "",
-          "Answers of the gated strategies (nudging, blendin, blendin:alpha=0.5), per task, "
-          "grouped by their own intervention rate, guide agreement (top-k) and flag. (Pooled "
-          "over tasks the groups would mostly sort tasks: XSTest answers have high rates and are "
-          "right more often than arithmetic ones.)", "",
-          "| task | group | answers | accuracy |", "|---|---|---:|---:|"]
-    rate = lambda r: r["reliability"]["intervention_rate"]  # noqa: E731
-    agree = lambda r: r["reliability"]["agreement_topk"]  # noqa: E731
-    groups = [
-        ("intervention rate <= 0.20", lambda r: rate(r) <= 0.20),
-        ("0.20 < rate <= 0.35", lambda r: 0.20 < rate(r) <= 0.35),
-        ("rate > 0.35", lambda r: rate(r) > 0.35),
-        ("agreement >= 0.5 (or no intervention)", lambda r: agree(r) is None or agree(r) >= 0.5),
-        ("agreement < 0.5", lambda r: agree(r) is not None and agree(r) < 0.5),
-        ("not flagged", lambda r: not r["reliability"]["flagged"]),
-        ("flagged", lambda r: r["reliability"]["flagged"]),
-    ]
-    for task in dict.fromkeys(r["task"] for r in records):
-        gated = [r for r in records if r["task"] == task and r["correct"] is not None and
-                 r["strategy"].split(":")[0] in ("nudging", "blendin")]
-        for name, keep in groups:
-            y = [r["correct"] for r in gated if keep(r)]
-            if y:
-                L.append(f"| {task} | {name} | {len(y)} | {f2(sum(y) / len(y))} |")
-    L += ["", "## Plots", "", "![accuracy](results/plots/accuracy.png)", "",
-          "![accuracy vs intervention rate](results/plots/accuracy_vs_intervention.png)", "",
-          "![reliability ROC and calibration](results/plots/reliability.png)", "",
-          "The token-by-token answers (coloured by source and alpha) are in "
-          "`docs/results/report.html`.", ""]
+
+def halves(recs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Alternate items of each label (XSTest): two halves with the same label mix."""
+    a, b = [], []
+    for lab in ("safe", "unsafe"):
+        xs = sorted((r for r in recs if r["label"] == lab), key=lambda r: int(r["item_id"]))
+        a += xs[0::2]
+        b += xs[1::2]
+    return a, b
+
+
+def fit(recs: list[dict], target: str) -> ScoreModel:
+    return fit_score_model([r["reliability"]["features"] for r in recs],
+                           [bool(r["correct"]) for r in recs], target=target,
+                           about={"answers_from": sorted({r["task"] for r in recs})})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--run", default="runs/rel")
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--no-decode", action="store_true", help="use the records there are")
+    args = ap.parse_args()
+    run, docs = Path(args.run), Path(args.docs)
+    runs = prepare(run, Path(args.data))
+    if not args.no_decode:
+        decode(run, runs)
+    recs = {name: [r for r in read_records(run / name) if r["correct"] is not None]
+            for name in runs}
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    (docs / "results.md").write_text(render(recs, docs))
+    print((docs / "results.md").read_text())
+
+
+def splits(recs: dict) -> list[tuple[str, str, list[dict], list[dict]]]:
+    """(task, direction, fit records, test records)."""
+    a, b = recs["arith-fit"], recs["arith-test"]
+    xa, xb = halves(recs["xstest"])
+    return [("arithmetic", "fit seed 11, test seed 12", a, b),
+            ("arithmetic", "fit seed 12, test seed 11", b, a),
+            ("xstest", "fit half A, test half B", xa, xb),
+            ("xstest", "fit half B, test half A", xb, xa)]
+
+
+def render(recs: dict, docs: Path) -> str:
+    allrecs = [r for rs in recs.values() for r in rs]
+    secs = sum(r["elapsed_s"] for r in allrecs)
+    toks = sum(r["tokens"] for r in allrecs)
+    unscored = sum(r["reliability"].get("unscored_tokens", 0) for r in allrecs)
+    L = ["# Results: the reliability score of the default pair", "",
+         "Generated by `python scripts/results.py` (do not edit by hand). Pair: "
+         "`gemma-3-270m+smollm2-135m-instruct` (Gemma-3-270M base, SmolLM2-135M-Instruct guide), "
+         "strategy `blendin` (auto alpha), gamma 0.4, greedy decoding. "
+         f"{len(allrecs)} answers, {toks} answer tokens, {secs / 60:.0f} min of decoding "
+         f"({platform.machine()}, a 2-core machine shared with other work).", "",
+         "## What was run, and what was cut", "",
+         f"* Arithmetic: `scripts/make_arithmetic.py` seed 11 ({len(recs['arith-fit'])} answers) "
+         f"and seed 12 ({len(recs['arith-test'])} answers), 3-shot, at most "
+         f"{MAX_NEW_TOKENS['arithmetic']} tokens (`The answer is N.` fits).",
+         f"* XSTest: {len(recs['xstest'])} answers of a seeded sample of 120 prompts (60 safe, 60 "
+         "unsafe, seed 0) asked in alternating label order, at most "
+         f"{MAX_NEW_TOKENS['xstest']} tokens; split into two halves (alternate items of each "
+         "label).",
+         "* **Cut:** the runs were planned as 150 + 150 arithmetic and 120 XSTest answers; "
+         "the machine was shared by several heavy jobs during the run, so the decoding was "
+         "stopped where it stood and the tables use the answers there are (counts above). "
+         "Only `blendin` (auto alpha) was run; the six-strategy comparison of the first release "
+         "(docs/results.md at commit 82773d3) was not rerun.",
+         f"* Only the answer is scored: the {unscored} tokens decoded to recognise the stop "
+         "string `\\nUser:` (3 per answer that ended there) are not counted.", "",
+         "Scoring is by rules (`blendin_llm.scoring`): last-number match for arithmetic; "
+         "XSTest correct = complies with a safe prompt, refuses an unsafe one.", "",
+         "## Held-out: the calibrated score against every single-signal baseline", "",
+         "The score model (`blendin_llm.calibrated.fit_score_model`: all features of "
+         "`blendin_llm.uncertainty.FEATURES`, logistic regression with cross-validated L2, Platt "
+         "calibration, flag threshold for `recall=0.8` of wrong answers) is fitted on one set and "
+         "judged on the other, both ways; nothing of the test set is used to fit or choose "
+         "anything. *score* = the calibrated P(correct); *norm_prob* is also the score without a "
+         "profile. AUROC (0.5 = chance) / PRR (0 = random rejection, 1 = oracle) per signal; "
+         "ECE and Brier of the calibrated score.", ""]
+    cols = ("score",) + BASELINES
+    L.append("| task | split | n | acc. | " + " | ".join(cols) + " | ECE | Brier |")
+    L.append("|---|---|---:|---:|" + "---:|" * (len(cols) + 2))
+    pooled: dict[str, list[dict]] = {}
+    models = {}
+    for task, direction, fit_recs, test_recs in splits(recs):
+        ys = [bool(r["correct"]) for r in fit_recs]
+        if min(sum(ys), len(ys) - sum(ys)) < 2 or not test_recs:
+            L.append(f"| {task} | {direction} | {len(test_recs)} | - | (too few answers of one "
+                     "class to fit) |")
+            continue
+        model = fit(fit_recs, "recall=0.8")
+        models[(task, direction)] = model
+        scored = rescore(test_recs, model)
+        pooled.setdefault(task, []).extend(scored)
+        j = judge(scored)
+        cells = [f"{f2(j['auroc'])} / {f2(j['prr'])}"] + [
+            f"{f2(j[b]['auroc'])} / {f2(j[b]['prr'])}" for b in BASELINES]
+        L.append(f"| {task} | {direction} | {j['n']} | {f2(j['accuracy'])} | "
+                 + " | ".join(cells) + f" | {f2(j['ece'])} | {f2(j['brier'])} |")
+    for task, scored in pooled.items():
+        j = judge(scored)
+        cells = [f"**{f2(j['auroc'])}** / {f2(j['prr'])}"] + [
+            f"{f2(j[b]['auroc'])} / {f2(j[b]['prr'])}" for b in BASELINES]
+        L.append(f"| {task} | both tests pooled | {j['n']} | {f2(j['accuracy'])} | "
+                 + " | ".join(cells) + f" | {f2(j['ece'])} | {f2(j['brier'])} |")
+    L += ["", "Pooled rows: each answer scored by the model fitted on the other set.", ""]
+
+    # verdict against the issue's numbers
+    L += ["### Against the targets", ""]
+    for task, scored in pooled.items():
+        j = judge(scored)
+        best = max((b for b in BASELINES if j[b]["auroc"] is not None),
+                   key=lambda b: j[b]["auroc"], default=None)
+        if best is None or j["auroc"] is None:
+            continue
+        gain = j["auroc"] - j[best]["auroc"]
+        L.append(f"* {task}: calibrated AUROC {f2(j['auroc'])} vs best single baseline "
+                 f"`{best}` {f2(j[best]['auroc'])} ({gain:+.2f}; target +0.05: "
+                 f"{'met' if gain >= 0.05 else 'NOT met'}); ECE {f2(j['ece'])} (target <= 0.08: "
+                 f"{'met' if j['ece'] is not None and j['ece'] <= 0.08 else 'NOT met'}).")
+    L.append("")
+
+    # flags
+    L += ["### Flags on held-out answers", "",
+          "The threshold is chosen on the fit set's out-of-fold probabilities for the stated "
+          "target, then applied unchanged to the test set.", "",
+          "| task | split | target | threshold | flagged | precision of kept | "
+          "recall of wrong |", "|---|---|---|---:|---:|---:|---:|"]
+    for task, direction, fit_recs, test_recs in splits(recs):
+        if (task, direction) not in models:
+            continue
+        for target in TARGETS:
+            m = fit(fit_recs, target)
+            j = judge(rescore(test_recs, m))
+            fl = j.get("flag") or {}
+            met = m.fit["threshold_on_fit"]["met"]
+            L.append(f"| {task} | {direction} | {target}{'' if met else ' (not reachable on fit)'}"
+                     f" | {f2(fl.get('threshold'))} | {f2(fl.get('flagged'))} | "
+                     f"{f2(fl.get('precision_kept'))} | {f2(fl.get('recall_wrong'))} |")
+    L.append("")
+
+    # default record (no profile): the uncalibrated flags
+    L += ["### Without a profile", "",
+          "The records as decoded (no profile): score = normalized probability, flags = the "
+          "`ReliabilityConfig` thresholds (agreement/divergence only from 3 consulted steps on).",
+          "", "| set | answers | flagged | accuracy flagged | accuracy not flagged | ECE of "
+          "score |", "|---|---:|---:|---:|---:|---:|"]
+    for name, rs in recs.items():
+        if not rs:
+            continue
+        fl = [bool(r["correct"]) for r in rs if r["reliability"]["flagged"]]
+        ok = [bool(r["correct"]) for r in rs if not r["reliability"]["flagged"]]
+        L.append(f"| {name} | {len(rs)} | {f2(len(fl) / len(rs))} | "
+                 f"{f2(sum(fl) / len(fl) if fl else None)} | {f2(sum(ok) / len(ok) if ok else None)}"
+                 f" | {f2(ece([r['reliability']['score'] for r in rs], [r['correct'] for r in rs]))} |")
+    L.append("")
+
+    # what the arithmetic model uses
+    key = ("arithmetic", "fit seed 11, test seed 12")
+    if key in models:
+        m = models[key]
+        L += ["### What the arithmetic model (fit on seed 11) weighs", "",
+              "Standardised coefficients (per standard deviation of the feature on the fit set; "
+              f"C = {m.fit['C']:.3g}, out-of-fold AUROC {f2(m.fit['oof_auroc'])}, "
+              f"ECE {f2(m.fit['oof_ece'])}):", "",
+              "| feature | coefficient |", "|---|---:|"]
+        for c, name in sorted(zip(m.coef, m.features), key=lambda t: -abs(t[0])):
+            L.append(f"| {name} | {c:+.2f} |")
+        L.append("")
+    L += plots(pooled, docs)
     return "\n".join(L)
+
+
+def plots(pooled: dict, docs: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not pooled:
+        return []
+    tasks = list(pooled)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.2), squeeze=False)
+    for i, task in enumerate(tasks):
+        rs = pooled[task]
+        y = [bool(r["correct"]) for r in rs]
+        ax = axes[0][i]
+        for name, vals in [("calibrated score", [r["reliability"]["score"] for r in rs])] + [
+                (b, [feature(r, b) for r in rs]) for b in ("norm_prob", "min_prob",
+                                                           "mean_negentropy", "base_norm_prob")]:
+            pts = risk_coverage(vals, y)
+            ax.plot([c for c, _ in pts], [e for _, e in pts], label=name,
+                    lw=2.2 if name == "calibrated score" else 1)
+        ax.set_xlabel("coverage (share of answers kept)")
+        ax.set_ylabel("error rate of kept answers")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{task}: risk-coverage (held-out)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[1][i]
+        s = [r["reliability"]["score"] for r in rs]
+        bins = [[] for _ in range(5)]
+        for p, c in zip(s, y):
+            bins[min(4, int(p * 5))].append((p, c))
+        xs = [sum(p for p, _ in b) / len(b) for b in bins if b]
+        ys = [sum(c for _, c in b) / len(b) for b in bins if b]
+        ax.plot(xs, ys, marker="o", label="calibrated score")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        ax.set_xlabel("score (bin mean)")
+        ax.set_ylabel("share right in bin")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{task}: calibration (held-out)", fontsize=9)
+    fig.tight_layout()
+    path = docs / "results" / "reliability_heldout.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return ["## Plots", "", "![held-out risk-coverage and calibration]"
+            "(results/reliability_heldout.png)", ""]
 
 
 if __name__ == "__main__":
