@@ -231,7 +231,8 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
             target=flag_target, calibration=calibration, strategy="blendin", gamma=gamma,
             alpha="auto", fingerprints=fps,
             about={"models": {"base": models["base"], "guides": models["guides"]},
-                   "data": settings or {}, "max_new_tokens": max_new_tokens})
+                   "data": settings or {}, "max_new_tokens": max_new_tokens,
+                   "items": [[r["task"], r["item_id"]] for r in scored]})
         # it scores the answers of the strategy it was fitted on (blendin), also when the verdict
         # recommends base_only: per call, strategy="blendin" answers get the calibrated score
         rel = dataclasses.replace(config.reliability, score_model=score_model)

@@ -327,18 +327,19 @@ def eval_cmd(
     out.print(f"[dim]records: {out_dir}/records.jsonl, report: {rep['html']}[/dim]")
 
 
-def _load_score_profile(path: str, force: bool, settings: dict):
-    """The score model of a profile; warns when the data to evaluate is the data it was fit on."""
+def _load_score_profile(path: str, force: bool, sets) -> object:
+    """The score model of a profile; warns when items to evaluate were used to fit it."""
     from .calibration import load_profile
 
     model = load_profile(path, force=force)["score_model"]
     if model is None:
         raise BlendInError(f"the profile {path!r} has no score model: run `blendin calibrate` on "
                            "labelled data to fit one")
-    fit = (model.fit or {}).get("data") or {}
-    if fit and all(fit.get(k) == settings.get(k) for k in ("data", "limit", "seed")):
-        err.print("[yellow]warning:[/yellow] these are the items the profile was fitted on: "
-                  "its numbers here are not held-out")
+    fitted = {tuple(x) for x in (model.fit or {}).get("items") or []}
+    seen = sum((it.task, it.id) in fitted for ds in sets for it in ds.items)
+    if seen:
+        err.print(f"[yellow]warning:[/yellow] {seen} of these items were used to fit the profile: "
+                  "its numbers on them are not held-out")
     return model
 
 

@@ -208,3 +208,41 @@ def test_fingerprint_tells_models_apart(make_llm, tok, base_model, guide_model):
     same = BlendedLLM(ModelSpec(model=base_model, tokenizer=tok, prompt_format="raw", name="x"),
                       config=BlendConfig(strategy="base_only"))
     assert fingerprint(same.base) == a  # the same weights under another name
+
+
+def test_cli_calibrate_fits_a_profile_and_eval_applies_it(tok, base_model, guide_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from blendin_llm.cli import app
+    from blendin_llm.evaluation import read_records
+
+    for name, model in (("base", base_model), ("guide", guide_model)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    models = ["--base", str(tmp_path / "base"), "--guide", str(tmp_path / "guide")]
+    data = str(_items(tmp_path).items and tmp_path / "d.jsonl")
+
+    def cli(*args):
+        res = CliRunner().invoke(app, list(args))
+        return res.exit_code, " ".join(res.output.split())
+
+    code, text = cli("calibrate", data, *models, "--limit", "12", "--gamma", "0.4", "-n", "4",
+                     "--flag-target", "recall=0.5", "--profile", str(tmp_path / "p.json"))
+    assert code == 0, text
+    prof = load_profile(tmp_path / "p.json")
+    if prof["score_model"] is None:
+        pytest.skip("the tiny pair's answers are all right or all wrong here")
+    assert "out-of-fold" in text and "flag threshold" in text and "recall=0.5" in text
+    code, text = cli("eval", data, *models, "--limit", "12", "--strategies", "blendin", "-n", "4",
+                     "--profile", str(tmp_path / "p.json"), "--out", str(tmp_path / "ev"),
+                     "--no-plots")
+    assert code == 0, text
+    assert "not held-out" in text  # the same items as the fit: the command says so
+    recs = read_records(tmp_path / "ev")
+    sm = prof["score_model"]
+    assert all(r["reliability"]["score_source"] == "profile" for r in recs)
+    assert all(r["reliability"]["score"] == pytest.approx(sm.predict(r["reliability"]["features"]))
+               for r in recs)
+    code, text = cli("calibrate", data, *models, "--flag-target", "f1", "--profile",
+                     str(tmp_path / "q.json"))
+    assert code == 2 and "precision=P" in text
