@@ -302,7 +302,8 @@ def choose_threshold(probs: Sequence[float], correct: Sequence[bool], target: st
 
 def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: str = "recall=0.8",
                     calibration: str = "auto", features: Sequence[str] = FEATURES,
-                    folds: int = 5, seed: int = 0, strategy: str = "blendin",
+                    folds: int = 5, seed: int = 0, select: str = "all",
+                    strategy: str = "blendin",
                     gamma: float | None = None, alpha: Any = None,
                     fingerprints: dict | None = None, about: dict | None = None) -> ScoreModel:
     """Fit a ScoreModel on answers' feature dicts ``rows`` and their ``correct`` labels.
@@ -313,8 +314,12 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
         target: the flag threshold's target, ``precision=P`` or ``recall=R``.
         calibration: ``"platt"``, ``"isotonic"`` or ``"auto"`` (isotonic from 500 answers on).
         features: the feature names to use (default: all of ``FEATURES``).
-        folds: cross-validation folds (for the regularisation, the calibration map and the
-            threshold); fewer when a class has fewer answers.
+        folds: cross-validation folds (for the regularisation, the model choice, the calibration
+            map and the threshold); fewer when a class has fewer answers.
+        select: ``"all"`` (default): the regression over every feature; ``"auto"``: that, or a
+            regression on one feature alone, whichever has the lower out-of-fold log-loss on the
+            fit data (nested cross-validation): with about a hundred answers the many-feature
+            regression is noisy, and a single strong signal may predict as well.
         strategy, gamma, alpha: the decoding the answers came from (stored, checked when applied).
         fingerprints: the pair's ``pair_fingerprints`` (stored; empty = not checked).
         about: extra facts stored in ``fit`` (data, models).
@@ -345,12 +350,36 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
     Z = (X - mean) / scale
     k = max(2, min(folds, n_pos, n_neg))
     cv = SKF(n_splits=k, shuffle=True, random_state=seed)
+    if select not in ("auto", "all"):
+        raise ConfigError(f"select must be auto or all, got {select!r}")
+
+    def logloss(p):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+    def lrcv():
+        return LRCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss",
+                    max_iter=2000)
+
+    candidates: dict[str, float] = {}
     with warnings.catch_warnings():  # scikit-learn 1.9 announces changes of defaults we don't use
         warnings.simplefilter("ignore", FutureWarning)
-        lr = LRCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss",
-                  max_iter=2000)
-        lr.fit(Z, y)
-        C = float(np.atleast_1d(lr.C_)[0])
+        warnings.simplefilter("ignore", UserWarning)
+        chosen = "all"
+        if select == "auto" and len(features) > 1:
+            candidates["all"] = logloss(cvp(lrcv(), Z, y, cv=cv, method="predict_proba")[:, 1])
+            for j, f in enumerate(features):
+                candidates[f] = logloss(cvp(LR(C=1e4, max_iter=2000), Z[:, [j]], y, cv=cv,
+                                            method="predict_proba")[:, 1])
+            chosen = min(candidates, key=lambda c: (candidates[c], c != "all"))
+        if chosen == "all":
+            lr = lrcv().fit(Z, y)
+            C = float(np.atleast_1d(lr.C_)[0])
+        else:
+            j = features.index(chosen)
+            features, fill, mean, scale = (chosen,), fill[[j]], mean[[j]], scale[[j]]
+            Z, C = Z[:, [j]], 1e4
+            lr = LR(C=C, max_iter=2000).fit(Z, y)
         # out-of-fold logits with the chosen C: what the calibration map and threshold see
         oof = cvp(LR(C=C, max_iter=2000), Z, y, cv=cv, method="decision_function")
     method = calibration if calibration != "auto" else ("isotonic" if len(y) >= 500 else "platt")
@@ -374,6 +403,7 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
     from .metrics import auroc, brier, ece  # local: the metrics module is small and pure
 
     fit = {"answers": int(len(y)), "right": n_pos, "C": C, "folds": k, "calibration": method,
+           "selected": chosen, "oof_logloss_of_candidates": candidates,
            "oof_auroc": auroc(oof_p, y.tolist()), "oof_brier": brier(oof_p, y.tolist()),
            "oof_ece": ece(oof_p, y.tolist()), "threshold_on_fit": thr, **(about or {})}
     return ScoreModel(**{**asdict(model), "threshold": thr["threshold"], "fit": fit})

@@ -246,3 +246,19 @@ def test_cli_calibrate_fits_a_profile_and_eval_applies_it(tok, base_model, guide
     code, text = cli("calibrate", data, *models, "--flag-target", "f1", "--profile",
                      str(tmp_path / "q.json"))
     assert code == 2 and "precision=P" in text
+
+
+def test_auto_selection_prefers_one_signal_when_the_others_carry_nothing():
+    rng = random.Random(9)
+    rows, ys = [], []
+    for _ in range(300):
+        x = rng.gauss(0, 1)
+        rows.append({"min_prob": x, **{f: rng.gauss(0, 1) for f in ("norm_prob", "mean_margin",
+                                                                    "divergence_mean",
+                                                                    "alpha_mean")}})
+        ys.append(rng.random() < 1 / (1 + math.exp(-2 * x)))
+    m = fit_score_model(rows, ys, features=tuple(rows[0]), select="auto")
+    assert m.fit["selected"] == "min_prob" and m.features == ("min_prob",)
+    assert set(m.fit["oof_logloss_of_candidates"]) == {"all", *rows[0]}
+    full = fit_score_model(rows, ys, features=tuple(rows[0]))
+    assert full.fit["selected"] == "all" and len(full.features) == 5
