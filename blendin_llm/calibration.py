@@ -12,7 +12,8 @@
    rate is at most 0.20 and the agreement at least 0.5; *risky* otherwise. The 0.20 is BlendIn's
    pair-level observation (pairs above ~20 % tend to fail); the other cut points are set around
    it. They judge a PAIR: one pair's evaluation cannot validate them, and per answer the rate and
-   agreement predicted little on the default pair (docs/results.md, "Per-answer signals").
+   agreement predicted little on the default pair (the first release's docs/results.md,
+   "Per-answer signals", commit 82773d3).
    Alpha mode: "auto", unless auto alpha hardly varies (std < 0.05), then that fixed value (same
    behaviour, simpler to audit). A *bad* pair's profile uses ``base_only``.
 
