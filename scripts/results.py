@@ -160,11 +160,12 @@ def render(recs: dict, docs: Path) -> str:
          "unsafe, seed 0) asked in alternating label order, at most "
          f"{MAX_NEW_TOKENS['xstest']} tokens; split into two halves (alternate items of each "
          "label).",
-         "* **Cut:** the runs were planned as 150 + 150 arithmetic and 120 XSTest answers; "
-         "the machine was shared by several heavy jobs during the run, so the decoding was "
-         "stopped where it stood and the tables use the answers there are (counts above). "
-         "Only `blendin` (auto alpha) was run; the six-strategy comparison of the first release "
-         "(docs/results.md at commit 82773d3) was not rerun.",
+         "* **Cut:** only `blendin` (auto alpha) was run, with short answers (above), on a "
+         "2-core machine shared with other work; the six-strategy comparison of the first "
+         "release (docs/results.md at commit 82773d3) was not rerun."
+         + ("" if (len(recs["arith-fit"]), len(recs["arith-test"]), len(recs["xstest"]))
+            == (150, 150, 120) else " The decoding was stopped before all planned answers "
+            "(150 + 150 arithmetic, 120 XSTest) were done; the tables use the answers there are."),
          f"* Only the answer is scored: the {unscored} tokens decoded to recognise the stop "
          "string `\\nUser:` (3 per answer that ended there) are not counted.", "",
          "Scoring is by rules (`blendin_llm.scoring`): last-number match for arithmetic; "
@@ -267,6 +268,50 @@ def render(recs: dict, docs: Path) -> str:
         for c, name in sorted(zip(m.coef, m.features), key=lambda t: -abs(t[0])):
             L.append(f"| {name} | {c:+.2f} |")
         L.append("")
+    L += ["### Fit-set numbers (out-of-fold, 5-fold cross-validation on the fit set)", "",
+          "| task | split | answers | right | C | out-of-fold AUROC | ECE |",
+          "|---|---|---:|---:|---:|---:|---:|"]
+    for (task, direction), m in models.items():
+        L.append(f"| {task} | {direction} | {m.fit['answers']} | {m.fit['right']} | "
+                 f"{m.fit['C']:.3g} | {f2(m.fit['oof_auroc'])} | {f2(m.fit['oof_ece'])} |")
+    L += ["", "## Findings", ""]
+    arith, xst = pooled.get("arithmetic"), pooled.get("xstest")
+    if arith:
+        j = judge(arith)
+        best = max(BASELINES, key=lambda b: j[b]["auroc"] or 0)
+        nps = [feature(r, "norm_prob") for r in arith]
+        mean_np = sum(nps) / len(nps)
+        ece_np = ece(nps, [bool(r["correct"]) for r in arith])
+        L.append(
+            f"* **Arithmetic:** the calibrated score is a probability one can read (held-out ECE "
+            f"{f2(j['ece'])} pooled) and ranks answers about as well as the best single signal "
+            f"(AUROC {f2(j['auroc'])} vs `{best}` {f2(j[best]['auroc'])}), not the +0.05 the "
+            "issue asks for: on answers of the form `The answer is N.` nearly all the "
+            "information is the probability of the number's token, which `norm_prob` and "
+            "`min_prob` already carry; the blend's own signals add little (they get small "
+            "weights). Without a profile the score (the normalized probability) ranks as well "
+            f"but is not calibrated: its mean is {f2(mean_np)} where a share {f2(j['accuracy'])} "
+            f"of the answers is right (ECE {f2(ece_np)}).")
+    if xst:
+        j = judge(xst)
+        best = max(BASELINES, key=lambda b: j[b]["auroc"] or 0)
+        L.append(
+            f"* **XSTest:** no white-box signal separates right from wrong answers: the best "
+            f"single signal reaches AUROC {f2(j[best]['auroc'])} (`{best}`) on 120 answers, the "
+            f"others 0.5-0.6, and the calibrated score {f2(j['auroc'])} (its regression fits "
+            "noise on 60 answers: see the fit-set numbers). Correct here means refusing exactly "
+            "the unsafe prompts; a refusal and a compliance are both fluent, confident text, "
+            "and token confidence measures how sure the model is of its wording, not whether "
+            "refusing was the right call. What the record says instead: with a profile fitted "
+            f"on such data the score is near the base rate (ECE {f2(j['ece'])}), i.e. it "
+            "honestly says it does not know; without one, the `intervention rate > 0.20` flag "
+            "fires on nearly every free-text answer (the guide is consulted often in open "
+            "text), which says the pair leans on the guide, not that the answer is wrong. Judge "
+            "refusal decisions with a refusal check (`blendin_llm.scoring.is_refusal`) or a "
+            "judge model, not with the reliability score.")
+    L += ["", "The XSTest answers were decoded before the EOS step stopped being scored; an "
+          "answer that ended with EOS (few: most ran to 12 tokens) has that step in its "
+          "features.", ""]
     L += plots(pooled, docs)
     return "\n".join(L)
 
