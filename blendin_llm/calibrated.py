@@ -222,7 +222,8 @@ def fingerprint(backend: Any) -> str:
                 flat = t.detach().reshape(-1)
                 h.update(f"{name}:{tuple(t.shape)}".encode())
                 if flat.numel():
-                    idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long()
+                    m = min(64, flat.numel())  # evenly spaced, in integers (exact for any size)
+                    idx = torch.arange(m, dtype=torch.int64) * (flat.numel() - 1) // max(1, m - 1)
                     h.update(flat[idx].to("cpu", torch.float32).numpy().tobytes())
     fp = h.hexdigest()[:20]
     try:

@@ -373,8 +373,10 @@ def eval_table(rows) -> None:
 def calibrate(
     data: str = typer.Argument(..., help="labelled data: any data file `blendin eval` reads"),
     format: str = typer.Option("auto", "--format"),
-    limit: Optional[int] = typer.Option(50, "--limit", "--n", help="items to run"),
-    seed: Optional[int] = typer.Option(0, help="seeded sample of the items (with --limit)"),
+    limit: Optional[int] = typer.Option(None, "--limit", "--n", help="items per data file "
+                                        "(default: all), as for `blendin eval`"),
+    seed: Optional[int] = typer.Option(None, help="with --limit: a seeded sample (equal shares "
+                                                  "per label) instead of the first items"),
     fewshot: Optional[str] = typer.Option(None, help="file of exemplars, as for `blendin eval`"),
     fewshot_k: int = typer.Option(3, help="exemplars taken from --fewshot"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
