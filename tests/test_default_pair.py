@@ -35,7 +35,15 @@ def test_default_pair_blends_across_vocabularies_and_answers(pair):
     assert stats["exact"] > 0.9 * 49152  # most guide tokens have an identical base token
     res = pair.generate("What is the capital of France?", max_new_tokens=24, trace=True)
     assert "Paris" in res.text
-    assert res.reliability.tokens == len(res.token_ids) > 0
+    rel = res.reliability
+    # the stop string's tokens ("\nUser:") are decoded but neither counted nor scored
+    assert rel.tokens + rel.unscored_tokens == len(res.token_ids) > 0
+    assert res.usage.completion_tokens == rel.tokens
+    if res.stop_sequence == "\nUser:":
+        assert rel.unscored_tokens >= 1
+    # one or two consulted steps are no evidence: no agreement/divergence flag from them
+    if rel.interventions < pair.config.reliability.min_consulted:
+        assert not any(r.startswith(("guide agreement", "mean divergence")) for r in rel.reasons)
     assert res.reliability.interventions >= 1  # the guide was consulted and catch-up worked
     assert "".join(t.text for t in res.reliability.trace).startswith(res.text)
     guide = pair.generate("What is the capital of France?", max_new_tokens=24,
