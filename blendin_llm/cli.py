@@ -567,8 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
         rc = exc.exit_code
-    except click.Abort:
-        rc = 130
+    except (KeyboardInterrupt, getattr(click, "Abort", KeyboardInterrupt)):
+        rc = 130  # typer's own click has no Abort; Ctrl-C then arrives as KeyboardInterrupt
     except Exception as exc:  # a bug, or a failure the library does not type yet
         if _DEBUG:
             traceback.print_exception(exc)

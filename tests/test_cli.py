@@ -239,3 +239,23 @@ def test_setup_returns_at_once_when_nothing_changed(tmp_path):
     with open(work / "pyproject.toml", "a") as f:
         f.write("\n# changed\n")
     assert setup().returncode != 0
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_1(monkeypatch, capsys):
+    """A failure the library does not type (here: a bug in a command) still ends with one line
+    and exit code 1, never with a traceback or an error raised by the handler itself."""
+    import blendin_llm.cli as cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    import blendin_llm.sources
+
+    monkeypatch.setattr(blendin_llm.sources, "check_source", broken)
+    monkeypatch.setattr(cli, "_DEBUG", False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["generate", "hi", "--base", "/nonexistent/dir"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: RuntimeError: boom"), err
