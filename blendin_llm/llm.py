@@ -326,6 +326,15 @@ class BlendedLLM:
 
     __call__ = generate
 
+    @property
+    def context_window(self) -> int | None:
+        """The smallest context length (prompt + answer, in tokens) among the base and the guides,
+        or None when no model states one. Every model reads the whole prompt, so this is the
+        longest the blend can serve; the framework faces report it (LlamaIndex packs prompts to
+        it). Each model counts in its own tokens, so leave a little room across vocabularies."""
+        known = [m.context_length for m in (self.base, *self.guides) if m.context_length]
+        return min(known) if known else None
+
     # -- framework faces (same loaded models, no copies) --------------------------------------
     def as_langchain(self, **kwargs: Any) -> Any:
         """This engine as a LangChain chat model (``langchain_blendin.ChatBlendIn``)."""

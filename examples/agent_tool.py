@@ -14,7 +14,6 @@ import sys
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 
-from blendin_llm import BlendedLLM
 from langchain_blendin import ChatBlendIn
 
 
@@ -25,7 +24,7 @@ def multiply(a: int, b: int) -> int:
 
 
 def main(question: str) -> None:
-    chat = ChatBlendIn(llm=BlendedLLM("gemma-3-270m", ["smollm2-135m-instruct"]), max_tokens=64)
+    chat = ChatBlendIn(model="gemma-3-270m", max_tokens=64)  # + the default guide
     agent = create_agent(chat, tools=[multiply],
                          system_prompt="Use the multiply tool for any multiplication.")
     out = agent.invoke({"messages": [("user", question)]}, {"recursion_limit": 6})

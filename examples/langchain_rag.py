@@ -13,7 +13,6 @@ import sys
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
-from blendin_llm import BlendedLLM
 from langchain_blendin import ChatBlendIn, LowReliabilityError, reliability_gate
 
 DOCS = [
@@ -31,7 +30,7 @@ def retrieve(question: str, k: int = 2) -> str:
 
 
 def main(questions: list[str]) -> None:
-    chat = ChatBlendIn(llm=BlendedLLM("gemma-3-270m", ["smollm2-135m-instruct"]), max_tokens=48, stop=["\n"])
+    chat = ChatBlendIn(model="gemma-3-270m", max_tokens=48, stop=["\n"])  # + the default guide
     prompt = ChatPromptTemplate.from_messages([
         ("system", "Answer in one sentence, using only this context:\n{context}"),
         ("human", "{question}"),

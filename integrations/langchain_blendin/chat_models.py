@@ -4,14 +4,19 @@ record and (on request) OpenAI-shaped log-probs of the blended distribution."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
+import jsonschema
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
-from blendin_llm.errors import PromptError
+from blendin_llm.config import SamplingParams
+from blendin_llm.errors import ConfigError, GenerationArgumentError, PromptError
+from blendin_llm.sources import DEFAULT_GUIDE
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import (
     BaseChatModel,
@@ -37,10 +42,15 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, Runn
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
-_CALL_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "seed",
-                "top_p", "top_k", "strategy", "gamma", "alpha", "trace")
+# per-call keyword arguments that LangChain itself passes to a chat model and that mean nothing to
+# the engine: ``stream`` (a streaming request, already honoured by LangChain) and the tracing
+# arguments (``ls_*``; ``structured_output_format`` is their old name). Every other argument goes
+# to the engine, which raises a typed error naming any it does not know.
+_FRAMEWORK_KWARGS = frozenset({"stream", "structured_output_format"})
+# LangChain's names for the engine's options
+_RENAMED = {"max_tokens": "max_new_tokens"}
 
 
 # -- messages in -------------------------------------------------------------------------------
@@ -142,50 +152,243 @@ def to_chunk(event: StreamEvent) -> AIMessageChunk:
                           response_metadata=_final_metadata(res), chunk_position="last")
 
 
+class _Chunker:
+    """Stream events in, chunks out, one chunk per piece of text, so that ``on_llm_new_token``
+    (which LangChain calls once per chunk) runs once per token with text and never for an empty
+    closing chunk.
+
+    A token whose text the engine holds back (an incomplete character, a possible stop string)
+    gives no chunk: its log-prob rides with the chunk that releases the text. The closing record
+    (usage, finish reason, reliability, tool calls; ``chunk_position="last"``) joins the answer's
+    last text chunk, so each text chunk is passed on when the next event arrives."""
+
+    def __init__(self) -> None:
+        self.ready: AIMessageChunk | None = None  # text, passed on at the next event
+        self.carry: AIMessageChunk | None = None  # held-back tokens: log-probs without text
+
+    def push(self, event: StreamEvent) -> list[ChatGenerationChunk]:
+        chunk = to_chunk(event)
+        if self.carry is not None:
+            chunk, self.carry = self.carry + chunk, None
+        if event.done:
+            if self.ready is None:
+                out = [chunk]
+            elif event.text:  # text released at the end: a chunk of its own
+                out = [self.ready, chunk]
+            else:
+                out = [self.ready + chunk]
+        elif not event.text:
+            self.carry, out = chunk, []
+        else:
+            out = [] if self.ready is None else [self.ready]
+            self.ready = chunk
+        return [ChatGenerationChunk(message=m) for m in out]
+
+
+def _require_call(name: str) -> Runnable[AIMessage, AIMessage]:
+    """Raises ``OutputParserException`` when the message has no complete call of tool ``name``
+    (e.g. the answer ended inside the call), instead of letting the parser return None."""
+
+    def check(msg: AIMessage) -> AIMessage:
+        if any(c["name"] == name for c in msg.tool_calls):
+            return msg
+        why = "; ".join(c.get("error") or "" for c in msg.invalid_tool_calls)
+        raise OutputParserException(
+            f"the answer has no complete call of {name!r}" + (f": {why}" if why else
+                                                                " (it answered in text)"),
+            llm_output=msg.text or json.dumps([c.get("args") for c in msg.invalid_tool_calls]),
+        )
+
+    return RunnableLambda(check, name="require_tool_call")
+
+
+def _schema_check(schema: dict[str, Any]) -> Runnable[Any, Any]:
+    """Validates parsed output against a JSON Schema (``jsonschema``): required keys, types,
+    enums, ranges. Raises ``OutputParserException`` naming the first violation."""
+    validator_cls = jsonschema.validators.validator_for(schema)
+    try:
+        validator_cls.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise ConfigError(f"the structured-output schema is not a valid JSON Schema: {e.message}"
+                          ) from None
+    validator = validator_cls(schema)
+
+    def check(obj: Any) -> Any:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+        if error is not None:
+            where = "" if not error.path else f" at {error.json_path}"
+            raise OutputParserException(
+                f"the answer does not match the schema{where}: {error.message}",
+                llm_output=json.dumps(obj, ensure_ascii=False),
+            )
+        return obj
+
+    return RunnableLambda(check, name="check_json_schema")
+
+
+def _as_parser_error(parser: Runnable) -> Runnable:
+    """A pydantic ``ValidationError`` from parsing becomes ``OutputParserException``, the error
+    LangChain's structured output promises."""
+
+    def parse(msg: AIMessage) -> Any:
+        try:
+            return parser.invoke(msg)
+        except ValidationError as e:
+            raise OutputParserException(f"the answer does not match the schema: {e}",
+                                        llm_output=msg.text) from e
+
+    return RunnableLambda(parse, name="parse_structured_output")
+
+
+def _settings_error(e: ValidationError) -> ConfigError:
+    """A pydantic error on the constructor's arguments, as the library's ConfigError."""
+    parts = []
+    for err in e.errors():
+        field = ".".join(str(x) for x in err["loc"]) or "arguments"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown argument {field}={err['input']!r}")
+        else:
+            parts.append(f"{field}={err['input']!r}: {err['msg']}")
+    msg = f"ChatBlendIn: {'; '.join(parts)}"
+    if any(err["type"] == "extra_forbidden" for err in e.errors()):
+        own = sorted(set(ChatBlendIn.model_fields) - set(BaseChatModel.model_fields))
+        msg += f" (its arguments: {', '.join(own)}, and LangChain's callbacks, tags, metadata, ...)"
+    return ConfigError(msg)
+
+
 # -- the model ---------------------------------------------------------------------------------
 class ChatBlendIn(BaseChatModel):
     """A base model steered by guide models (BlendIn), as a LangChain chat model.
 
-    Build it from a loaded engine, ``ChatBlendIn(llm=blended)`` (or ``blended.as_langchain()``),
-    or from the engine's own arguments: ``ChatBlendIn(base=..., guides=[...], config=...)``.
+    Made like any LangChain chat model, ``ChatBlendIn(model="gemma-3-270m")``: ``model`` is the
+    base (a preset name, a directory, a ``.gguf`` file, a hub id, a ``ModelSpec`` or a
+    ``(model, tokenizer)`` pair), steered by the default guide (the preset
+    ``"smollm2-135m-instruct"``) unless ``guides=`` names others (``guides=[]``: none). Or share a
+    loaded engine: ``ChatBlendIn(llm=blended)`` (``blended.as_langchain()``).
+
+    Every setting is checked when the object is made, by the engine's own rules; a bad one raises
+    ``ConfigError`` saying what is allowed. Per-call keyword arguments (``invoke(..., seed=3)``)
+    reach the engine; one it does not know raises a typed error naming it.
 
     Every answer's ``response_metadata["reliability"]`` is the engine's reliability record;
     ``reliability_gate()`` turns a flagged answer into ``LowReliabilityError`` for fallbacks.
     """
 
-    llm: Any = Field(default=None, exclude=True, description="the BlendedLLM that does the work")
-    base: Any = Field(default=None, exclude=True)
-    guides: Any = Field(default=None, exclude=True)
-    config: Any = Field(default=None, exclude=True)
-    model_name: str | None = Field(default=None, alias="model")
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    logprobs: bool = False
-    top_logprobs: int = 0
+    llm: Any = Field(default=None, exclude=True,
+                     description="a loaded BlendedLLM to share (instead of model=)")
+    model: Any = Field(default=None, exclude=True, description=(
+        "the base model: a preset name ('gemma-3-270m'), a directory, a .gguf file, a hub id, "
+        "a ModelSpec or a (model, tokenizer) pair"))
+    base: Any = Field(default=None, exclude=True, description="the same as model=")
+    guides: Any = Field(default=None, exclude=True, description=(
+        f"the guide model(s) for model=; default [{DEFAULT_GUIDE!r}], [] for none"))
+    config: Any = Field(default=None, exclude=True,
+                        description="the BlendConfig of the engine built from model=")
+    model_name: str | None = Field(default=None, description=(
+        "the name in traces; defaults to the engine's (base+guides)"))
+    max_tokens: int = Field(default=256, description="most tokens in an answer (>= 1)")
+    temperature: float = Field(default=0.0, description="0 = greedy; sampling applies to the "
+                               "blended distribution")
+    top_p: float = Field(default=1.0, description="nucleus sampling, in (0, 1]")
+    top_k: int = Field(default=0, description="top-k sampling, 0 = off")
+    seed: int | None = Field(default=None, description="makes sampled answers reproducible")
+    stop: list[str] | None = Field(default=None, alias="stop_sequences",
+                                   description="stop strings (a call's stop= adds to them)")
+    logprobs: bool = Field(default=False, description="OpenAI-shaped log-probs in "
+                           "response_metadata['logprobs']")
+    top_logprobs: int = Field(default=0, description="alternatives per token, 0-20")
     strategy: str | None = Field(default=None, description="per-model override of the strategy")
-    gamma: float | None = None
-    alpha: float | Literal["auto"] | None = None
+    gamma: float | None = Field(default=None, description="per-model override of gamma (>= 0)")
+    alpha: float | Literal["auto"] | None = Field(
+        default=None, description="per-model override of alpha ([0, 1] or 'auto')")
     streaming: bool = False
+    # LangChain's standard parameters that mean nothing for local models: accepted, unused
     timeout: float | None = Field(default=None, description="accepted for compatibility; local models")
     max_retries: int = Field(default=0, description="accepted for compatibility; nothing to retry")
+    api_key: SecretStr | None = Field(default=None, exclude=True,
+                                      description="accepted for compatibility; nothing is remote")
+    base_url: str | None = Field(default=None, description="accepted for compatibility; nothing "
+                                 "is remote")
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="ignore")
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
 
-    @model_validator(mode="after")
-    def _engine(self) -> "ChatBlendIn":
-        if self.llm is None:
-            if self.base is None:
-                raise PromptError("ChatBlendIn needs llm=BlendedLLM(...) or base=... (and guides=...)")
-            self.llm = BlendedLLM(self.base, self.guides, self.config or BlendConfig())
-        elif not isinstance(self.llm, BlendedLLM):
-            raise TypeError(f"llm must be a BlendedLLM, got {type(self.llm).__name__}")
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise _settings_error(e) from None
+        self._build()
+
+    def _build(self) -> None:
+        """Checks the settings (before loading anything), then loads the engine if asked to."""
+        if self.llm is not None:
+            if not isinstance(self.llm, BlendedLLM):
+                hint = (f"; to load a model by name use model={self.llm!r}"
+                        if isinstance(self.llm, str) else "")
+                raise ConfigError(f"llm must be a loaded BlendedLLM, got {type(self.llm).__name__}"
+                                  + hint)
+            given = [n for n in ("model", "base", "guides", "config") if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(f"pass either llm= (a loaded engine) or model=/guides=/config= "
+                                  f"(an engine to load), not both; got llm= and {', '.join(given)}=")
+            config = self.llm.config
+        else:
+            if self.model is not None and self.base is not None:
+                raise ConfigError("model= and base= both name the base model; pass one")
+            if self.model is None and self.base is None:
+                raise ConfigError("ChatBlendIn needs model= (the base: a preset such as "
+                                  "'gemma-3-270m', a directory, a .gguf file, a hub id) or "
+                                  "llm=BlendedLLM(...)")
+            config = BlendConfig() if self.config is None else self.config
+            if not isinstance(config, BlendConfig):
+                raise ConfigError(f"config must be a BlendConfig, got {type(config).__name__}")
+        config = self._check(config)
+        if self.llm is None:  # the engine it builds has this model's strategy, gamma and alpha
+            self.llm = BlendedLLM(self.model if self.model is not None else self.base,
+                                  [DEFAULT_GUIDE] if self.guides is None else self.guides, config)
+        self.llm._resolve_config(self._overrides())  # e.g. a strategy that needs a guide
         if self.model_name is None:
             self.model_name = self.llm.name
-        return self
+        if self.profile is None:
+            self.profile = {"max_input_tokens": self.llm.context_window, "text_inputs": True,
+                            "tool_calling": True, "structured_output": True}
+            if self.profile["max_input_tokens"] is None:
+                del self.profile["max_input_tokens"]
+
+    def _check(self, config: BlendConfig) -> BlendConfig:
+        """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
+        ``config`` with this model's strategy, gamma and alpha."""
+        opts = self._opts()
+        try:
+            SamplingParams(
+                max_new_tokens=opts["max_new_tokens"], temperature=opts["temperature"],
+                top_p=opts["top_p"], top_k=opts["top_k"], seed=opts["seed"], stop=opts["stop"],
+                logprobs=opts["top_logprobs"] if opts["logprobs"] or opts["top_logprobs"] else None)
+        except GenerationArgumentError as e:
+            names = "".join(f" (ChatBlendIn's {face} is the engine's {core})"
+                            for face, core in _RENAMED.items() if core in str(e))
+            raise ConfigError(f"ChatBlendIn: {e}{names}") from None
+        return dataclasses.replace(config, **self._overrides())  # ConfigError for a bad value
+
+    def _overrides(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in ("strategy", "gamma", "alpha")
+                if getattr(self, n) is not None}
+
+    def _opts(self, stop: list[str] | None = None, call: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+        """The one mapping from this model's settings and a call's arguments to the engine's
+        ``stream()`` keyword arguments."""
+        opts: dict[str, Any] = {
+            "max_new_tokens": self.max_tokens, "temperature": self.temperature,
+            "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
+            "stop": [*(self.stop or []), *(stop or [])],
+            "logprobs": self.logprobs, "top_logprobs": self.top_logprobs,
+            **self._overrides(),
+        }
+        for k, v in (call or {}).items():
+            if k not in _FRAMEWORK_KWARGS and not k.startswith("ls_"):
+                opts[_RENAMED.get(k, k)] = v
+        return opts
 
     @property
     def _llm_type(self) -> str:
@@ -207,34 +410,17 @@ class ChatBlendIn(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
-    def _call(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict
-              ) -> tuple[list[dict], dict[str, Any]]:
-        opts: dict[str, Any] = {
-            "max_new_tokens": kwargs.pop("max_tokens", self.max_tokens),
-            "temperature": kwargs.pop("temperature", self.temperature),
-            "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
-            "stop": [*(self.stop or []), *(stop or [])],
-            "logprobs": kwargs.pop("logprobs", self.logprobs),
-            "top_logprobs": kwargs.pop("top_logprobs", self.top_logprobs),
-        }
-        for name in ("strategy", "gamma", "alpha"):
-            if getattr(self, name) is not None:
-                opts[name] = getattr(self, name)
-        opts.update({k: kwargs[k] for k in _CALL_KWARGS if kwargs.get(k) is not None})
-        return to_core_messages(messages), opts
-
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        msgs, opts = self._call(messages, stop, kwargs)
-        return self._result(self.llm.generate(msgs, **opts))
+        return self._result(self.llm.generate(to_core_messages(messages), **self._opts(stop, kwargs)))
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
                          **kwargs: Any) -> ChatResult:
-        msgs, opts = self._call(messages, stop, kwargs)
-        return self._result(await self.llm.agenerate(msgs, **opts))
+        return self._result(await self.llm.agenerate(to_core_messages(messages),
+                                                     **self._opts(stop, kwargs)))
 
     def _result(self, res: BlendResult) -> ChatResult:
         msg = to_ai_message(res)
@@ -247,22 +433,22 @@ class ChatBlendIn(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        msgs, opts = self._call(messages, stop, kwargs)
-        for event in self.llm.stream(msgs, **opts):
-            chunk = ChatGenerationChunk(message=to_chunk(event))
-            if run_manager:
-                run_manager.on_llm_new_token(event.text, chunk=chunk)
-            yield chunk
+        chunker = _Chunker()
+        for event in self.llm.stream(to_core_messages(messages), **self._opts(stop, kwargs)):
+            for chunk in chunker.push(event):
+                if run_manager:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        msgs, opts = self._call(messages, stop, kwargs)
-        async for event in self.llm.astream(msgs, **opts):
-            chunk = ChatGenerationChunk(message=to_chunk(event))
-            if run_manager:
-                await run_manager.on_llm_new_token(event.text, chunk=chunk)
-            yield chunk
+        chunker = _Chunker()
+        async for event in self.llm.astream(to_core_messages(messages), **self._opts(stop, kwargs)):
+            for chunk in chunker.push(event):
+                if run_manager:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     # -- tools and structured output -------------------------------------------------------
     def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
@@ -283,25 +469,31 @@ class ChatBlendIn(BaseChatModel):
                                **kwargs: Any) -> Runnable[LanguageModelInput, dict | Any]:
         """Answers parsed into ``schema`` (a pydantic class, TypedDict or JSON schema).
         "function_calling" forces a call of a tool shaped like the schema; "json_mode" and
-        "json_schema" make the answer one JSON object, with the schema in the prompt. Unparseable
-        output raises ``OutputParserException`` (or is returned as ``parsing_error`` with
-        ``include_raw=True``)."""
+        "json_schema" make the answer one JSON object, with the schema in the prompt.
+
+        Output that does not meet the schema raises ``OutputParserException`` (or is returned as
+        ``parsing_error`` with ``include_raw=True``): unparseable JSON, no complete call (e.g. the
+        answer ended inside it), and, for pydantic classes, their validation; TypedDict and JSON
+        Schema dicts are validated with ``jsonschema`` (required keys, types, enums, ...)."""
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
         fmt = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
         if method == "function_calling":
-            name = convert_to_openai_tool(schema)["function"]["name"]
+            tool = convert_to_openai_tool(schema)["function"]
+            name = tool["name"]
             llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=fmt)
-            parser: Runnable = (PydanticToolsParser(tools=[schema], first_tool_only=True)
-                                if is_pydantic else
-                                JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
+            parser: Runnable = _require_call(name) | (
+                _as_parser_error(PydanticToolsParser(tools=[schema], first_tool_only=True))
+                if is_pydantic else
+                JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+                | _schema_check(tool.get("parameters") or {}))
         elif method in ("json_mode", "json_schema"):
             json_schema = convert_to_json_schema(schema)
             llm = self.bind(response_format={"type": "json_schema", "schema": json_schema},
                             ls_structured_output_format=fmt)
             parser = (PydanticOutputParser(pydantic_object=schema) if is_pydantic
-                      else JsonOutputParser())
+                      else JsonOutputParser() | _schema_check(json_schema))
         else:
             raise ValueError(f"method must be function_calling, json_mode or json_schema, got {method!r}")
         if not include_raw:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Optional
 
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
-from blendin_llm.errors import PromptError
+from blendin_llm.config import SamplingParams
+from blendin_llm.errors import ConfigError, GenerationArgumentError, PromptError
+from blendin_llm.sources import DEFAULT_GUIDE
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
     astream_chat_to_completion_decorator,
@@ -43,7 +46,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from pydantic import Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 dispatcher = get_dispatcher(__name__)
 
@@ -151,38 +154,126 @@ def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
 
 
 # -- the LLM -----------------------------------------------------------------------------------
+_RENAMED = {"max_tokens": "max_new_tokens"}  # OpenAI's name for the engine's option
+
+
+def _settings_error(e: ValidationError) -> ConfigError:
+    """A pydantic error on the constructor's arguments, as the library's ConfigError."""
+    parts = []
+    for err in e.errors():
+        field = ".".join(str(x) for x in err["loc"]) or "arguments"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown argument {field}={err['input']!r}")
+        else:
+            parts.append(f"{field}={err['input']!r}: {err['msg']}")
+    msg = f"BlendIn: {'; '.join(parts)}"
+    if any(err["type"] == "extra_forbidden" for err in e.errors()):
+        own = sorted(set(BlendIn.model_fields) - set(FunctionCallingLLM.model_fields))
+        msg += (f" (its arguments: llm, model, base, guides, config, {', '.join(own)}, and "
+                "LlamaIndex's callback_manager, system_prompt, ...)")
+    return ConfigError(msg)
+
+
 class BlendIn(FunctionCallingLLM):
     """A base model steered by guide models (BlendIn), as a LlamaIndex LLM.
 
-    ``BlendIn(llm=blended)`` (or ``blended.as_llama_index()``) shares a loaded engine;
-    ``BlendIn(base=..., guides=[...], config=...)`` builds one.
+    Made like any LlamaIndex LLM, ``BlendIn(model="gemma-3-270m")``: ``model`` is the base (a
+    preset name, a directory, a ``.gguf`` file, a hub id, a ``ModelSpec`` or a
+    ``(model, tokenizer)`` pair), steered by the default guide (the preset
+    ``"smollm2-135m-instruct"``) unless ``guides=`` names others (``guides=[]``: none), with
+    ``config=`` (a ``BlendConfig``). Or share a loaded engine: ``BlendIn(llm=blended)``
+    (``blended.as_llama_index()``).
+
+    Every setting is checked when the object is made, by the engine's own rules; a bad one raises
+    ``ConfigError`` saying what is allowed. Per-call keyword arguments (``complete(..., seed=3)``)
+    reach the engine; one it does not know raises a typed error naming it.
     """
 
-    model_name: str = Field(default="", description="defaults to the engine's name")
-    max_new_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = 1.0
-    context_window: Optional[int] = Field(default=None, description="defaults to the base's")
-    stop: Optional[list[str]] = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    strategy: Optional[str] = None
-    gamma: Optional[float] = None
-    alpha: Optional[float | Literal["auto"]] = None
+    model_name: str = Field(default="", description="defaults to the engine's name (base+guides)")
+    max_new_tokens: int = Field(default=256, description="most tokens in an answer (>= 1)")
+    temperature: float = Field(default=0.0, description="0 = greedy; sampling applies to the "
+                               "blended distribution")
+    top_p: float = Field(default=1.0, description="nucleus sampling, in (0, 1]")
+    top_k: int = Field(default=0, description="top-k sampling, 0 = off")
+    seed: Optional[int] = Field(default=None, description="makes sampled answers reproducible")
+    context_window: Optional[int] = Field(
+        default=None, gt=0, description="defaults to the blend's: the smallest of its models'")
+    stop: Optional[list[str]] = Field(default=None, description="stop strings (a call's stop= "
+                                      "replaces them)")
+    logprobs: bool = Field(default=False, description="log-probs on each response")
+    top_logprobs: int = Field(default=0, description="alternatives per token, 0-20")
+    strategy: Optional[str] = Field(default=None, description="per-model override of the strategy")
+    gamma: Optional[float] = Field(default=None, description="per-model override of gamma (>= 0)")
+    alpha: Optional[float | Literal["auto"]] = Field(
+        default=None, description="per-model override of alpha ([0, 1] or 'auto')")
+
+    model_config = ConfigDict(extra="forbid")
 
     _llm: BlendedLLM = PrivateAttr()
 
-    def __init__(self, llm: BlendedLLM | None = None, base: Any = None, guides: Any = None,
-                 config: BlendConfig | None = None, **kwargs: Any) -> None:
-        if llm is None:
-            if base is None:
-                raise PromptError("BlendIn needs llm=BlendedLLM(...) or base=... (and guides=...)")
-            llm = BlendedLLM(base, guides, config or BlendConfig())
-        elif not isinstance(llm, BlendedLLM):
-            raise TypeError(f"llm must be a BlendedLLM, got {type(llm).__name__}")
-        kwargs.setdefault("model_name", llm.name)
-        super().__init__(**kwargs)
+    def __init__(self, llm: BlendedLLM | None = None, model: Any = None, base: Any = None,
+                 guides: Any = None, config: BlendConfig | None = None, **kwargs: Any) -> None:
+        if llm is not None:
+            if not isinstance(llm, BlendedLLM):
+                hint = f"; to load a model by name use model={llm!r}" if isinstance(llm, str) else ""
+                raise ConfigError(f"llm must be a loaded BlendedLLM, got {type(llm).__name__}{hint}")
+            given = [n for n, v in (("model", model), ("base", base), ("guides", guides),
+                                    ("config", config)) if v is not None]
+            if given:
+                raise ConfigError(f"pass either llm= (a loaded engine) or model=/guides=/config= "
+                                  f"(an engine to load), not both; got llm= and {', '.join(given)}=")
+            blend_config = llm.config
+        else:
+            if model is not None and base is not None:
+                raise ConfigError("model= and base= both name the base model; pass one")
+            if model is None and base is None:
+                raise ConfigError("BlendIn needs model= (the base: a preset such as "
+                                  "'gemma-3-270m', a directory, a .gguf file, a hub id) or "
+                                  "llm=BlendedLLM(...)")
+            blend_config = BlendConfig() if config is None else config
+            if not isinstance(blend_config, BlendConfig):
+                raise ConfigError(f"config must be a BlendConfig, got {type(config).__name__}")
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as e:
+            raise _settings_error(e) from None
+        blend_config = self._check(blend_config)  # before loading anything
+        if llm is None:  # the engine it builds has this LLM's strategy, gamma and alpha
+            llm = BlendedLLM(model if model is not None else base,
+                             [DEFAULT_GUIDE] if guides is None else guides, blend_config)
+        llm._resolve_config(self._overrides())  # e.g. a strategy that needs a guide
         self._llm = llm
+        self.model_name = self.model_name or llm.name
+
+    def _check(self, config: BlendConfig) -> BlendConfig:
+        """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
+        ``config`` with this LLM's strategy, gamma and alpha."""
+        opts = self._opts({})
+        try:
+            SamplingParams(
+                max_new_tokens=opts["max_new_tokens"], temperature=opts["temperature"],
+                top_p=opts["top_p"], top_k=opts["top_k"], seed=opts["seed"],
+                stop=opts["stop"] or (),
+                logprobs=opts["top_logprobs"] if opts["logprobs"] or opts["top_logprobs"] else None)
+        except GenerationArgumentError as e:
+            raise ConfigError(f"BlendIn: {e}") from None
+        return dataclasses.replace(config, **self._overrides())  # ConfigError for a bad value
+
+    def _overrides(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in ("strategy", "gamma", "alpha")
+                if getattr(self, n) is not None}
+
+    def _opts(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The one mapping from this LLM's settings and a call's keyword arguments to the
+        engine's ``stream()`` keyword arguments (unknown ones are the engine's to reject)."""
+        opts: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+            "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
+            "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, **self._overrides(),
+        }
+        for k, v in kwargs.items():
+            opts[_RENAMED.get(k, k)] = v
+        return opts
 
     @property
     def engine(self) -> BlendedLLM:
@@ -194,26 +285,9 @@ class BlendIn(FunctionCallingLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        ctx = self.context_window or self._llm.base.context_length or 4096
+        ctx = self.context_window or self._llm.context_window or 4096
         return LLMMetadata(context_window=ctx, num_output=self.max_new_tokens, is_chat_model=True,
                            is_function_calling_model=True, model_name=self.model_name)
-
-    def _opts(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        opts: dict[str, Any] = {
-            "max_new_tokens": kwargs.pop("max_new_tokens", kwargs.pop("max_tokens", self.max_new_tokens)),
-            "temperature": kwargs.pop("temperature", self.temperature),
-            "top_p": self.top_p, "stop": kwargs.pop("stop", None) or self.stop,
-            "logprobs": kwargs.pop("logprobs", self.logprobs),
-            "top_logprobs": kwargs.pop("top_logprobs", self.top_logprobs),
-        }
-        for name in ("strategy", "gamma", "alpha"):
-            if getattr(self, name) is not None:
-                opts[name] = getattr(self, name)
-        for k in ("tools", "tool_choice", "parallel_tool_calls", "response_format", "seed",
-                  "strategy", "gamma", "alpha"):
-            if kwargs.get(k) is not None:
-                opts[k] = kwargs[k]
-        return opts
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -279,9 +353,10 @@ class BlendIn(FunctionCallingLLM):
         if user_msg is not None:
             messages.append(ChatMessage(role=MessageRole.USER, content=user_msg)
                             if isinstance(user_msg, str) else user_msg)
+        # a program passes tool_choice=None when it has no preference
+        choice = kwargs.pop("tool_choice", None) or ("required" if tool_required else "auto")
         return {"messages": messages, "tools": [t.metadata.to_openai_tool() for t in tools],
-                "tool_choice": "required" if tool_required else "auto",
-                "parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
+                "tool_choice": choice, "parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
 
     def get_tool_calls_from_response(self, response: ChatResponse,
                                      error_on_no_tool_call: bool = True,
