@@ -499,21 +499,6 @@ def test_profile_reports_the_smallest_context_window_of_the_blend():
     assert ChatBlendIn(llm=blend).profile["max_input_tokens"] == 128
 
 
-# -- bad text ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", ["a\ud800b", "\udfff", "ok \ud83d"])
-@pytest.mark.parametrize("call", [
-    lambda m, t: m.invoke(t),
-    lambda m, t: list(m.stream(t)),
-    lambda m, t: asyncio.run(m.ainvoke(t)),
-    lambda m, t: m.invoke([SystemMessage(t), HumanMessage("hi")]),
-])
-def test_lone_surrogates_are_a_prompt_error(text, call):
-    chat = ChatBlendIn(llm=TINY, max_tokens=5)
-    with pytest.raises(PromptError, match="surrogate"):
-        call(chat, text)
-    assert chat.invoke("Hello").text == TINY.generate("Hello", max_new_tokens=5).text
-
-
 # -- the default pair, by name ----------------------------------------------------------------
 @pytest.mark.slow
 def test_model_by_preset_name_gets_the_default_guide():
@@ -531,3 +516,13 @@ def test_model_by_preset_name_gets_the_default_guide():
     assert BlendIn(llm=chat.llm).metadata.context_window == 8192
     msg = chat.invoke("What is the capital of France?")
     assert msg.text == chat.llm.generate("What is the capital of France?", max_new_tokens=12).text
+
+
+def test_configurable_fields_share_the_engine(tiny_dirs):
+    from langchain_core.runnables import ConfigurableField
+
+    chat = ChatBlendIn(model=tiny_dirs[0], guides=[tiny_dirs[1]], max_tokens=12)
+    conf = chat.configurable_fields(max_tokens=ConfigurableField(id="max_tokens"))
+    short = conf.with_config(configurable={"max_tokens": 4}).invoke("Hello")
+    assert short.usage_metadata["output_tokens"] == 4
+    assert short.text == chat.invoke("Hello", max_tokens=4).text

@@ -362,20 +362,3 @@ def test_context_window_is_the_smallest_of_the_blend():
     assert blend.base.context_length == 256 and blend.context_window == 128
     assert BlendIn(llm=blend).metadata.context_window == 128
     assert BlendIn(llm=blend, context_window=100).metadata.context_window == 100
-
-
-# -- bad text ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", ["a\ud800b", "\udfff", "ok \ud83d"])
-@pytest.mark.parametrize("call", [
-    lambda m, t: m.complete(t),
-    lambda m, t: m.chat([ChatMessage(role=MessageRole.USER, content=t)]),
-    lambda m, t: list(m.stream_complete(t)),
-    lambda m, t: list(m.stream_chat([ChatMessage(role=MessageRole.SYSTEM, content=t),
-                                     ChatMessage(role=MessageRole.USER, content="hi")])),
-    lambda m, t: asyncio.run(m.acomplete(t)),
-])
-def test_lone_surrogates_are_a_prompt_error(text, call):
-    llm = BlendIn(llm=TINY, max_new_tokens=5)
-    with pytest.raises(PromptError, match="surrogate"):
-        call(llm, text)
-    assert llm.complete("Hello").text == BlendIn(llm=TINY, max_new_tokens=5).complete("Hello").text

@@ -346,6 +346,9 @@ class ChatBlendIn(BaseChatModel):
         if self.llm is None:  # the engine it builds has this model's strategy, gamma and alpha
             self.llm = BlendedLLM(self.model if self.model is not None else self.base,
                                   [DEFAULT_GUIDE] if self.guides is None else self.guides, config)
+            # the sources are spent: a copy made from this object's fields (LangChain's
+            # configurable_fields does that) shares the engine instead of loading it again
+            self.model = self.base = self.guides = self.config = None
         self.llm._resolve_config(self._overrides())  # e.g. a strategy that needs a guide
         if self.model_name is None:
             self.model_name = self.llm.name
