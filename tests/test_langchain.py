@@ -357,6 +357,8 @@ def test_model_argument_loads_the_base_like_other_chat_models(tiny_dirs):
     ({}, "needs model="),
     ({"llm": TINY, "max_tokens": -5}, "max_new_tokens must be an integer >= 1.*max_tokens"),
     ({"llm": TINY, "max_tokens": "many"}, "max_tokens='many'"),
+    ({"llm": TINY, "max_tokens": 5.0}, "max_tokens=5.0"),
+    ({"llm": TINY, "logprobs": "yes"}, "logprobs='yes': Input should be a valid boolean"),
     ({"llm": TINY, "temperature": -1}, "temperature must be a number >= 0"),
     ({"llm": TINY, "top_p": 0}, r"top_p must be in \(0, 1\]"),
     ({"llm": TINY, "top_k": -1}, "top_k must be an integer >= 0"),

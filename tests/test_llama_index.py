@@ -283,6 +283,7 @@ def test_model_alone_gets_the_default_guide(tiny_dirs):
     ({"model": "a", "base": "b"}, "model= and base="),
     ({"llm": TINY, "max_new_tokens": -5}, "max_new_tokens must be an integer >= 1"),
     ({"llm": TINY, "max_new_tokens": "many"}, "max_new_tokens='many'"),
+    ({"llm": TINY, "logprobs": "yes"}, "logprobs='yes': Input should be a valid boolean"),
     ({"llm": TINY, "temperature": -1}, "temperature must be a number >= 0"),
     ({"llm": TINY, "top_p": 1.5}, r"top_p must be in \(0, 1\]"),
     ({"llm": TINY, "top_k": -1}, "top_k must be an integer >= 0"),

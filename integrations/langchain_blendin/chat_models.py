@@ -51,6 +51,17 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError
 _FRAMEWORK_KWARGS = frozenset({"stream", "structured_output_format"})
 # LangChain's names for the engine's options
 _RENAMED = {"max_tokens": "max_new_tokens"}
+_PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
+
+
+def _sampling_params(opts: dict[str, Any]) -> SamplingParams:
+    """The engine's SamplingParams for ``stream()`` keyword arguments, to check them up front."""
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    kwargs = {k: v for k, v in opts.items() if k in names}
+    kwargs["stop"] = opts.get("stop") or ()
+    kwargs["logprobs"] = (opts.get("top_logprobs") if opts.get("logprobs") or opts.get("top_logprobs")
+                          else None)
+    return SamplingParams(**kwargs)
 
 
 # -- messages in -------------------------------------------------------------------------------
@@ -286,19 +297,31 @@ class ChatBlendIn(BaseChatModel):
                         description="the BlendConfig of the engine built from model=")
     model_name: str | None = Field(default=None, description=(
         "the name in traces; defaults to the engine's (base+guides)"))
-    max_tokens: int = Field(default=256, description="most tokens in an answer (>= 1)")
-    temperature: float = Field(default=0.0, description="0 = greedy; sampling applies to the "
+    max_tokens: int = Field(default=256, strict=True, description="most tokens in an answer (>= 1)")
+    temperature: float = Field(default=0.0, strict=True, description="0 = greedy; sampling applies to the "
                                "blended distribution")
-    top_p: float = Field(default=1.0, description="nucleus sampling, in (0, 1]")
-    top_k: int = Field(default=0, description="top-k sampling, 0 = off")
-    seed: int | None = Field(default=None, description="makes sampled answers reproducible")
+    top_p: float = Field(default=1.0, strict=True, description="nucleus sampling, in (0, 1]")
+    top_k: int = Field(default=0, strict=True, description="top-k sampling, 0 = off")
+    seed: int | None = Field(default=None, strict=True, description="makes sampled answers reproducible")
     stop: list[str] | None = Field(default=None, alias="stop_sequences",
                                    description="stop strings (a call's stop= adds to them)")
-    logprobs: bool = Field(default=False, description="OpenAI-shaped log-probs in "
+    logprobs: bool = Field(default=False, strict=True, description="OpenAI-shaped log-probs in "
                            "response_metadata['logprobs']")
-    top_logprobs: int = Field(default=0, description="alternatives per token, 0-20")
+    top_logprobs: int = Field(default=0, strict=True, description="alternatives per token, 0-20")
+    repetition_penalty: float | None = Field(default=None, strict=True, description=(
+        "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
+        "probability raised to this power; None = the engine's default"))
+    frequency_penalty: float | None = Field(default=None, strict=True, description=(
+        "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much for each time it is already in the answer; None = the engine's default"))
+    presence_penalty: float | None = Field(default=None, strict=True, description=(
+        "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much once it is in the answer; None = the engine's default"))
+    no_repeat_ngram_size: int | None = Field(default=None, strict=True, description=(
+        "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
+        "in the answer; None = the engine's default"))
     strategy: str | None = Field(default=None, description="per-model override of the strategy")
-    gamma: float | None = Field(default=None, description="per-model override of gamma (>= 0)")
+    gamma: float | None = Field(default=None, strict=True, description="per-model override of gamma (>= 0)")
     alpha: float | Literal["auto"] | None = Field(
         default=None, description="per-model override of alpha ([0, 1] or 'auto')")
     streaming: bool = False
@@ -361,12 +384,8 @@ class ChatBlendIn(BaseChatModel):
     def _check(self, config: BlendConfig) -> BlendConfig:
         """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
         ``config`` with this model's strategy, gamma and alpha."""
-        opts = self._opts()
         try:
-            SamplingParams(
-                max_new_tokens=opts["max_new_tokens"], temperature=opts["temperature"],
-                top_p=opts["top_p"], top_k=opts["top_k"], seed=opts["seed"], stop=opts["stop"],
-                logprobs=opts["top_logprobs"] if opts["logprobs"] or opts["top_logprobs"] else None)
+            _sampling_params(self._opts())
         except GenerationArgumentError as e:
             names = "".join(f" (ChatBlendIn's {face} is the engine's {core})"
                             for face, core in _RENAMED.items() if core in str(e))
@@ -377,6 +396,9 @@ class ChatBlendIn(BaseChatModel):
         return {n: getattr(self, n) for n in ("strategy", "gamma", "alpha")
                 if getattr(self, n) is not None}
 
+    def _penalties(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in _PENALTIES if getattr(self, n) is not None}
+
     def _opts(self, stop: list[str] | None = None, call: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         """The one mapping from this model's settings and a call's arguments to the engine's
@@ -386,7 +408,7 @@ class ChatBlendIn(BaseChatModel):
             "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
             "stop": [*(self.stop or []), *(stop or [])],
             "logprobs": self.logprobs, "top_logprobs": self.top_logprobs,
-            **self._overrides(),
+            **self._penalties(), **self._overrides(),
         }
         for k, v in (call or {}).items():
             if k not in _FRAMEWORK_KWARGS and not k.startswith("ls_"):

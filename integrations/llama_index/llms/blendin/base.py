@@ -155,6 +155,17 @@ def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
 
 # -- the LLM -----------------------------------------------------------------------------------
 _RENAMED = {"max_tokens": "max_new_tokens"}  # OpenAI's name for the engine's option
+_PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
+
+
+def _sampling_params(opts: dict[str, Any]) -> SamplingParams:
+    """The engine's SamplingParams for ``stream()`` keyword arguments, to check them up front."""
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    kwargs = {k: v for k, v in opts.items() if k in names}
+    kwargs["stop"] = opts.get("stop") or ()
+    kwargs["logprobs"] = (opts.get("top_logprobs") if opts.get("logprobs") or opts.get("top_logprobs")
+                          else None)
+    return SamplingParams(**kwargs)
 
 
 def _settings_error(e: ValidationError) -> ConfigError:
@@ -190,20 +201,32 @@ class BlendIn(FunctionCallingLLM):
     """
 
     model_name: str = Field(default="", description="defaults to the engine's name (base+guides)")
-    max_new_tokens: int = Field(default=256, description="most tokens in an answer (>= 1)")
-    temperature: float = Field(default=0.0, description="0 = greedy; sampling applies to the "
+    max_new_tokens: int = Field(default=256, strict=True, description="most tokens in an answer (>= 1)")
+    temperature: float = Field(default=0.0, strict=True, description="0 = greedy; sampling applies to the "
                                "blended distribution")
-    top_p: float = Field(default=1.0, description="nucleus sampling, in (0, 1]")
-    top_k: int = Field(default=0, description="top-k sampling, 0 = off")
-    seed: Optional[int] = Field(default=None, description="makes sampled answers reproducible")
+    top_p: float = Field(default=1.0, strict=True, description="nucleus sampling, in (0, 1]")
+    top_k: int = Field(default=0, strict=True, description="top-k sampling, 0 = off")
+    seed: Optional[int] = Field(default=None, strict=True, description="makes sampled answers reproducible")
     context_window: Optional[int] = Field(
-        default=None, gt=0, description="defaults to the blend's: the smallest of its models'")
+        default=None, gt=0, strict=True, description="defaults to the blend's: the smallest of its models'")
     stop: Optional[list[str]] = Field(default=None, description="stop strings (a call's stop= "
                                       "replaces them)")
-    logprobs: bool = Field(default=False, description="log-probs on each response")
-    top_logprobs: int = Field(default=0, description="alternatives per token, 0-20")
+    logprobs: bool = Field(default=False, strict=True, description="log-probs on each response")
+    top_logprobs: int = Field(default=0, strict=True, description="alternatives per token, 0-20")
+    repetition_penalty: Optional[float] = Field(default=None, strict=True, description=(
+        "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
+        "probability raised to this power; None = the engine's default"))
+    frequency_penalty: Optional[float] = Field(default=None, strict=True, description=(
+        "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much for each time it is already in the answer; None = the engine's default"))
+    presence_penalty: Optional[float] = Field(default=None, strict=True, description=(
+        "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much once it is in the answer; None = the engine's default"))
+    no_repeat_ngram_size: Optional[int] = Field(default=None, strict=True, description=(
+        "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
+        "in the answer; None = the engine's default"))
     strategy: Optional[str] = Field(default=None, description="per-model override of the strategy")
-    gamma: Optional[float] = Field(default=None, description="per-model override of gamma (>= 0)")
+    gamma: Optional[float] = Field(default=None, strict=True, description="per-model override of gamma (>= 0)")
     alpha: Optional[float | Literal["auto"]] = Field(
         default=None, description="per-model override of alpha ([0, 1] or 'auto')")
 
@@ -248,13 +271,8 @@ class BlendIn(FunctionCallingLLM):
     def _check(self, config: BlendConfig) -> BlendConfig:
         """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
         ``config`` with this LLM's strategy, gamma and alpha."""
-        opts = self._opts({})
         try:
-            SamplingParams(
-                max_new_tokens=opts["max_new_tokens"], temperature=opts["temperature"],
-                top_p=opts["top_p"], top_k=opts["top_k"], seed=opts["seed"],
-                stop=opts["stop"] or (),
-                logprobs=opts["top_logprobs"] if opts["logprobs"] or opts["top_logprobs"] else None)
+            _sampling_params(self._opts({}))
         except GenerationArgumentError as e:
             raise ConfigError(f"BlendIn: {e}") from None
         return dataclasses.replace(config, **self._overrides())  # ConfigError for a bad value
@@ -269,7 +287,9 @@ class BlendIn(FunctionCallingLLM):
         opts: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
             "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
-            "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, **self._overrides(),
+            "logprobs": self.logprobs, "top_logprobs": self.top_logprobs,
+            **{n: getattr(self, n) for n in _PENALTIES if getattr(self, n) is not None},
+            **self._overrides(),
         }
         for k, v in kwargs.items():
             opts[_RENAMED.get(k, k)] = v
