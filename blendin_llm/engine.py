@@ -11,11 +11,10 @@ is chosen. Guides that are not consulted cost nothing.
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -23,7 +22,7 @@ from .backends.base import ModelBackend, SequenceState
 from .config import BlendConfig, SamplingParams
 from .reliability import ReliabilityTracker
 from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, TraceEntry, Usage
-from .sampling import sample
+from .sampling import SeedStream, apply_processors, build_processors, sample
 from .strategies import StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
 from .tools import ToolCallCapture, parse_tool_calls
@@ -117,6 +116,17 @@ class _Choice:
     logprob: TokenLogprob | None = None
 
 
+class _Mix(NamedTuple):
+    """What a consulted step computed (all in the base's token space)."""
+
+    probs: torch.Tensor  # the strategy's blended distribution [V]
+    base: torch.Tensor  # the base's distribution [V]
+    guides: torch.Tensor  # the guides' distributions [G, V]
+    alphas: torch.Tensor  # [G]
+    guide_top1: torch.Tensor  # [G]
+    guide_argmax: torch.Tensor  # [G]
+
+
 def js_divergence_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence in bits between p [V] and each row of q [G, V]; values in [0, 1]."""
     m = 0.5 * (p + q)
@@ -197,9 +207,12 @@ class Generation:
             torch.tensor(w, dtype=torch.float32, device=base.device)
         self.cap = config.mitigation.intervention_cap if config.mitigation is not None else None
         self.capped = 0  # steps where the cap kept the guides out
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self.rng = torch.Generator(device=base.device).manual_seed(seed)
+        self.uniforms = SeedStream(params.seed)
+        # the penalties (and the mask of ids without a token): none when all are off
+        self.processors = build_processors(params, self.vocab, base.n_tokens, base.device)
         self._base_logits: torch.Tensor | None = None
+        # the log-distribution the last token was chosen from (after blending and penalties)
+        self.final_logdist: torch.Tensor | None = None
 
     # -- one step (no yield inside, so inference mode never leaks to the caller) ---------------
     @torch.inference_mode()
@@ -234,23 +247,43 @@ class Generation:
 
     @torch.inference_mode()
     def _choose(self) -> _Choice:
+        """Choose the next token. The one place where the final log-distribution exists: the
+        base's log-probs, or the strategy's blend when the guides were consulted, then the
+        penalties (``self.processors``); the token is its argmax, or a draw with this step's
+        uniform (``SeedStream``), and ``self.final_logdist`` keeps it for observers."""
         logp = torch.log_softmax(self._base_logits, -1)
         top_lp, top_id = logp.max(-1)
         base_top1 = math.exp(top_lp.item())
+        mix = None
         if self.guides and self.strategy.consult(base_top1):
             if self.cap is None or self.tracker.interventions < self.cap * (self.tracker.tokens + 1):
-                return self._blend(logp, top_lp, top_id, base_top1)
-            self.capped += 1
-        if self.params.greedy:
-            token = int(top_id)
-            c = _Choice(token, base_top1, base_top1, base_top1, consulted=False)
+                mix = self._mix(logp, top_lp)
+            else:
+                self.capped += 1
+        procs = self.processors
+        logd = logp if mix is None else (mix.probs + _EPS).log()
+        if procs:
+            logd = apply_processors(procs, logd)
+        self.final_logdist = logd
+        if not self.params.greedy:
+            tok = sample(logd, self.params, self.uniforms.uniform(len(self.generated)))
+        elif procs:
+            tok = logd.argmax()
+        else:  # the same token, read off the distribution it comes from
+            tok = top_id if mix is None else mix.probs.argmax()
+        if mix is None:
+            if self.params.greedy and not procs:  # the base's own top token: nothing to look up
+                c = _Choice(int(tok), base_top1, base_top1, base_top1, consulted=False)
+            else:
+                token, lp, base_lp = torch.stack([tok.to(logd.dtype), logd[tok], logp[tok]]).tolist()
+                c = _Choice(int(token), math.exp(lp), math.exp(base_lp), base_top1,
+                            consulted=False)
         else:
-            tok = sample(logp, self.params, self.rng)
-            token, lp = torch.stack([tok.to(logp.dtype), logp[tok]]).tolist()
-            p = math.exp(lp)
-            c = _Choice(int(token), p, p, base_top1, consulted=False)
+            c = self._consulted(tok, mix, logd, logp, top_id, base_top1)
         if self.top_logprobs is not None:
-            c.logprob = self._logprob(logp, c.token)
+            c.logprob = self._logprob(logd, c.token)
+        for p in procs:
+            p.push(c.token)
         return c
 
     def _logprob(self, logdist: torch.Tensor, token: int) -> TokenLogprob:
@@ -265,8 +298,8 @@ class Generation:
                           for i, v in zip(ids.tolist(), row[1:])],
         )
 
-    def _blend(self, logp: torch.Tensor, top_lp: torch.Tensor, top_id: torch.Tensor,
-               base_top1: float) -> _Choice:
+    def _mix(self, logp: torch.Tensor, top_lp: torch.Tensor) -> _Mix:
+        """Consult the guides and blend their distributions with the base's."""
         p_base = logp.exp()
         guide_probs = []
         for g in self.guides:
@@ -278,26 +311,27 @@ class Generation:
         view = StepView(p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg],
                         self.guide_weight)
         mixed, alphas = self.strategy.combine(view)
-        if self.params.greedy:
-            tok = mixed.argmax()
-        else:
-            tok = sample((mixed + _EPS).log(), self.params, self.rng)
+        return _Mix(mixed, p_base, guide_probs, alphas, g_top1, g_arg)
+
+    def _consulted(self, tok: torch.Tensor, mix: _Mix, logd: torch.Tensor, logp: torch.Tensor,
+                   top_id: torch.Tensor, base_top1: float) -> _Choice:
+        """The choice at a consulted step, with the guides' signals for the reliability record
+        (read back in one transfer)."""
+        mixed, p_base, guide_probs, alphas, g_top1, g_arg = mix
         k = min(self.config.agreement_top_k, p_base.shape[0])
         base_topk = torch.topk(logp, k).indices
         agree1 = (g_arg == top_id).to(p_base.dtype)
         agreek = (g_arg[:, None] == base_topk[None, :]).any(-1).to(p_base.dtype)
         js = js_divergence_bits(p_base, guide_probs)
-        head = torch.stack([tok.to(p_base.dtype), mixed[tok], p_base[tok], guide_probs[:, tok].mean()])
+        prob = logd[tok].exp() if self.processors else mixed[tok]
+        head = torch.stack([tok.to(p_base.dtype), prob, p_base[tok], guide_probs[:, tok].mean()])
         stats = torch.cat([head, alphas, g_top1, agree1, agreek, js]).tolist()
         n = len(self.guides)
         token, prob, base_prob, guide_prob = stats[:4]
         cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
         self.tracker.consulted(*cols)
-        c = _Choice(int(token), prob, base_prob, base_top1, consulted=True,
-                    alpha=sum(cols[0]) / n, guide_prob=guide_prob)
-        if self.top_logprobs is not None:
-            c.logprob = self._logprob((mixed + _EPS).log(), c.token)
-        return c
+        return _Choice(int(token), prob, base_prob, base_top1, consulted=True,
+                       alpha=sum(cols[0]) / n, guide_prob=guide_prob)
 
     # -- the stream --------------------------------------------------------------------------
     def events(self) -> Iterator[StreamEvent]:
