@@ -12,8 +12,6 @@ import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Union
 
-import numpy as np
-
 from .errors import ConfigError, GenerationArgumentError
 
 Alpha = Union[float, Literal["auto"]]
@@ -172,7 +170,7 @@ TEMPERATURE_MAX = 2.0
 def _real(name: str, value: Any, lo: float, hi: float, what: str, lo_open: bool = False) -> float:
     """A finite number in [lo, hi] (or (lo, hi]) as a float, else GenerationArgumentError."""
     v = math.nan
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
             v = float(value)
         except OverflowError:  # an integer beyond any float
@@ -183,8 +181,8 @@ def _real(name: str, value: Any, lo: float, hi: float, what: str, lo_open: bool 
 
 
 def _integer(name: str, value: Any, lo: int, what: str, hi: float = math.inf) -> int:
-    """An integer (Python or numpy, not bool) in [lo, hi] as an int, else GenerationArgumentError."""
-    if (not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_))
+    """An integer (Python or numpy, not bool; numpy's bool is no numbers.Integral) in [lo, hi] as an int, else GenerationArgumentError."""
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
             or not lo <= int(value) <= hi):
         raise GenerationArgumentError(f"{name} must be {what}, got {value!r}")
     return int(value)
