@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .config import BlendConfig, MitigationConfig, ModelSpec, ReliabilityConfig, SamplingParams
 from .errors import (
     BlendInError,
+    BusyError,
     ConfigError,
     GenerationArgumentError,
     IncompatibleModelsError,
@@ -67,7 +68,7 @@ __all__ = [
     "BlendResult", "Reliability", "GuideStats", "StreamEvent", "TraceEntry", "Usage",
     "Strategy", "StepView", "available_strategies", "register_strategy",
     "ModelBackend", "SequenceState", "TransformersBackend", "load_backend",
-    "BlendInError", "ConfigError", "GenerationArgumentError", "IncompatibleModelsError",
+    "BlendInError", "BusyError", "ConfigError", "GenerationArgumentError", "IncompatibleModelsError",
     "ModelLoadError", "PromptError", "LowReliabilityError", "check_reliability", "ToolCall",
     "InvalidToolCall", "TokenLogprob", "__version__",
 ]

@@ -8,6 +8,7 @@ They are plain frozen dataclasses validated on construction: a bad value raises 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Union
 
@@ -183,15 +184,57 @@ class BlendConfig:
             raise ConfigError(f"not a BlendConfig: {e}") from None
 
 
+TEMPERATURE_MAX = 2.0
+"""The largest temperature a call accepts (OpenAI's bound): above it every answer is noise."""
+
+
+def _real(name: str, value: Any, lo: float, hi: float, what: str, lo_open: bool = False) -> float:
+    """A finite number in [lo, hi] (or (lo, hi]) as a float, else GenerationArgumentError."""
+    v = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            v = float(value)
+        except OverflowError:  # an integer beyond any float
+            pass
+    if not (math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi):
+        raise GenerationArgumentError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
+def _integer(name: str, value: Any, lo: int, what: str, hi: float = math.inf) -> int:
+    """An integer (Python or numpy, not bool; numpy's bool is no numbers.Integral) in [lo, hi] as an int, else GenerationArgumentError."""
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            or not lo <= int(value) <= hi):
+        raise GenerationArgumentError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-call decoding options. ``temperature == 0`` (the default) is greedy decoding.
 
-    Sampling applies to the final (blended) distribution: temperature, then top-k, then top-p.
-    A ``seed`` makes sampled output reproducible, independent of other calls and threads.
+    Every value is checked on construction (a ``GenerationArgumentError`` says what is allowed);
+    numpy numbers are accepted and stored as Python numbers.
+
+    ``temperature``: 0 (greedy) to ``TEMPERATURE_MAX`` (2, OpenAI's bound); sampling applies to the
+    final distribution: temperature, then top-k, then top-p (in (0, 1]).
+    ``seed``: any integer, however large or negative; every bit of it matters. A seeded call gives
+    the same answer every time, whatever runs beside it; an unseeded call draws 128 bits of
+    entropy (``sampling.SeedStream``).
     ``ignore_eos`` keeps generating past EOS tokens (for benchmarks; stop strings still apply).
     ``logprobs``: None (off), or report each token's log-prob in the final distribution with this
     many alternatives (0-20).
+
+    Penalties (all off by default; off gives exactly the output without them). They change the
+    final distribution (the base's, or the blend when the guides were consulted) before the token
+    is chosen, counting the tokens of the answer only, never the prompt; the gate and the
+    reliability signals still read the models' own distributions (see ``blendin_llm.sampling``):
+    ``repetition_penalty``: transformers' semantics, > 0, 1.0 = off; a token already in the answer
+    has its log-prob multiplied by it (p -> p ** penalty, renormalised).
+    ``frequency_penalty`` / ``presence_penalty``: OpenAI's semantics, in [-2, 2], 0 = off;
+    ``log p -= count * frequency + (count > 0) * presence``.
+    ``no_repeat_ngram_size``: transformers' semantics, 0 = off; no n-gram of this size occurs
+    twice in the answer.
     """
 
     max_new_tokens: int = 128
@@ -202,33 +245,51 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
+        from .text import lone_surrogate
+
         E = GenerationArgumentError
-        n = self.max_new_tokens
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise E(f"max_new_tokens must be an integer >= 1, got {n!r}")
-        t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t) or t < 0:
-            raise E(f"temperature must be a number >= 0 (0 = greedy), got {t!r}")
-        p = self.top_p
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 < p <= 1.0:
-            raise E(f"top_p must be in (0, 1], got {p!r}")
-        k = self.top_k
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise E(f"top_k must be an integer >= 0 (0 = off), got {k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise E(f"seed must be an integer or None, got {self.seed!r}")
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        for s in stop:
+        put = object.__setattr__
+        put(self, "max_new_tokens",
+            _integer("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1"))
+        put(self, "temperature", _real("temperature", self.temperature, 0.0, TEMPERATURE_MAX,
+                                       f"a finite number in [0, {TEMPERATURE_MAX:g}] (0 = greedy)"))
+        put(self, "top_p", _real("top_p", self.top_p, 0.0, 1.0, "a number in (0, 1]",
+                                 lo_open=True))
+        put(self, "top_k", _integer("top_k", self.top_k, 0, "an integer >= 0 (0 = off)"))
+        if self.seed is not None:
+            put(self, "seed", _integer("seed", self.seed, -math.inf, "an integer or None"))
+        if not isinstance(self.ignore_eos, bool):
+            raise E(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (tuple, list)):
+            raise E(f"stop must be a string or a list of strings, got {self.stop!r}")
+        for i, s in enumerate(stop):
             if not isinstance(s, str):
                 raise E(f"stop strings must be str, got {s!r}")
             if s == "":
                 raise E("stop strings must not be empty: an empty string would match at once")
-        object.__setattr__(self, "stop", tuple(dict.fromkeys(stop)))
-        lp = self.logprobs
-        if lp is not None and (not isinstance(lp, int) or isinstance(lp, bool) or not 0 <= lp <= 20):
-            raise E(f"top_logprobs must be an integer in [0, 20], got {lp!r}")
+            at = lone_surrogate(s)
+            if at is not None:
+                raise E(f"stop string {i} has a lone surrogate {s[at]!r} at character {at}; "
+                        "text must be valid Unicode (decode bytes with errors='replace')")
+        put(self, "stop", tuple(dict.fromkeys(stop)))
+        if self.logprobs is not None:
+            put(self, "logprobs", _integer("top_logprobs", self.logprobs, 0,
+                                           "an integer in [0, 20]", 20))
+        put(self, "repetition_penalty", _real(
+            "repetition_penalty", self.repetition_penalty, 0.0, math.inf,
+            "a finite number > 0 (1.0 = off)", lo_open=True))
+        for name in ("frequency_penalty", "presence_penalty"):
+            put(self, name, _real(name, getattr(self, name), -2.0, 2.0,
+                                  "a number in [-2, 2] (0 = off)"))
+        put(self, "no_repeat_ngram_size", _integer(
+            "no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)"))
 
     @property
     def greedy(self) -> bool:
@@ -278,6 +339,21 @@ class ModelSpec:
             raise ConfigError(
                 f"prompt_format must be one of auto, chat, plain, raw; got {self.prompt_format!r}"
             )
+        from .text import lone_surrogate
+
+        for name in ("system_prompt", "user_prefix", "assistant_prefix", "system_prefix",
+                     "turn_separator"):
+            v = getattr(self, name)
+            if v is None and name == "system_prompt":
+                continue
+            if not isinstance(v, str):
+                raise ConfigError(f"ModelSpec.{name} must be a string, got {v!r}")
+            at = lone_surrogate(v)
+            if at is not None:
+                raise ConfigError(
+                    f"ModelSpec.{name} has a lone surrogate {v[at]!r} at character {at}, which "
+                    "is not valid Unicode text; remove it (or decode with errors='replace')"
+                )
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(
                 f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}"

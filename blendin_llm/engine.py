@@ -11,11 +11,10 @@ is chosen. Guides that are not consulted cost nothing.
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -23,7 +22,7 @@ from .backends.base import ModelBackend, SequenceState
 from .config import BlendConfig, SamplingParams
 from .reliability import ReliabilityTracker
 from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, TraceEntry, Usage
-from .sampling import sample
+from .sampling import SeedStream, apply_processors, build_processors, sample
 from .strategies import StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
 from .uncertainty import NEGENTROPY_K
@@ -117,7 +116,7 @@ class _Choice:
     guide_prob: float | None = None
     logprob: TokenLogprob | None = None
     base_top: list[float] | None = None  # the base's top-K log-probs (uncertainty features)
-    final_top: list[float] | None = None  # the same for the final distribution, when blended
+    final_top: list[float] | None = None  # the same for the final distribution, when it differs
     base_lp: float | None = None  # the chosen token's log-prob under the base
     lp: float | None = None  # ... and in the final distribution
 
@@ -127,6 +126,17 @@ def _stop_matcher(stops: Any) -> StopMatcher | None:
     if isinstance(stops, StopMatcher):
         return stops
     return next((f for f in getattr(stops, "filters", ()) if isinstance(f, StopMatcher)), None)
+
+
+class _Mix(NamedTuple):
+    """What a consulted step computed (all in the base's token space)."""
+
+    probs: torch.Tensor  # the strategy's blended distribution [V]
+    base: torch.Tensor  # the base's distribution [V]
+    guides: torch.Tensor  # the guides' distributions [G, V]
+    alphas: torch.Tensor  # [G]
+    guide_top1: torch.Tensor  # [G]
+    guide_argmax: torch.Tensor  # [G]
 
 
 def js_divergence_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -209,9 +219,12 @@ class Generation:
             torch.tensor(w, dtype=torch.float32, device=base.device)
         self.cap = config.mitigation.intervention_cap if config.mitigation is not None else None
         self.capped = 0  # steps where the cap kept the guides out
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self.rng = torch.Generator(device=base.device).manual_seed(seed)
+        self.uniforms = SeedStream(params.seed)
+        # the penalties (and the mask of ids without a token): none when all are off
+        self.processors = build_processors(params, self.vocab, base.n_tokens, base.device)
         self._base_logits: torch.Tensor | None = None
+        # the log-distribution the last token was chosen from (after blending and penalties)
+        self.final_logdist: torch.Tensor | None = None
         # one top-k of the base per step serves the features (top NEGENTROPY_K), the agreement
         # (top agreement_top_k) and greedy decoding (top 1)
         self.top_k = min(max(NEGENTROPY_K, config.agreement_top_k), self.vocab)
@@ -249,27 +262,54 @@ class Generation:
 
     @torch.inference_mode()
     def _choose(self) -> _Choice:
+        """Choose the next token. The one place where the final log-distribution exists: the
+        base's log-probs, or the strategy's blend when the guides were consulted, then the
+        penalties (``self.processors``); the token is its argmax, or a draw with this step's
+        uniform (``SeedStream``), and ``self.final_logdist`` keeps it for observers."""
         logp = torch.log_softmax(self._base_logits, -1)
         top_v, top_i = torch.topk(logp, self.top_k)
-        # one device sync: the base's top-k log-probs and its greedy token
+        # one device sync: the base's top-k log-probs (uncertainty features, agreement) and its
+        # top token
         head = torch.cat([top_v, top_i[:1].to(top_v.dtype)]).tolist()
-        base_top = head[:NEGENTROPY_K] if self.top_k > NEGENTROPY_K else head[:-1]
+        base_top = head[:min(NEGENTROPY_K, self.top_k)]
         base_top1 = math.exp(head[0])
+        top_lp, top_id = top_v[0], top_i[0]
+        mix = None
         if self.guides and self.strategy.consult(base_top1):
             if self.cap is None or self.tracker.interventions < self.cap * (self.tracker.tokens + 1):
-                return self._blend(logp, top_v, top_i, base_top1, base_top)
-            self.capped += 1
-        if self.params.greedy:
-            token, lp = int(head[-1]), head[0]
-            c = _Choice(token, base_top1, base_top1, base_top1, consulted=False)
+                mix = self._mix(logp, top_lp)
+            else:
+                self.capped += 1
+        procs = self.processors
+        logd = logp if mix is None else (mix.probs + _EPS).log()
+        if procs:
+            logd = apply_processors(procs, logd)
+        self.final_logdist = logd
+        if not self.params.greedy:
+            tok = sample(logd, self.params, self.uniforms.uniform(len(self.generated)))
+        elif procs:
+            tok = logd.argmax()
+        else:  # the same token, read off the distribution it comes from
+            tok = top_id if mix is None else mix.probs.argmax()
+        if mix is None:
+            if self.params.greedy and not procs:  # the base's own top token: nothing to look up
+                c = _Choice(int(head[-1]), base_top1, base_top1, base_top1, consulted=False,
+                            base_top=base_top, base_lp=head[0], lp=head[0])
+            else:
+                row = torch.stack([tok.to(logd.dtype), logd[tok], logp[tok]])
+                if procs:  # the penalties made the final distribution differ from the base's
+                    row = torch.cat([row, torch.topk(logd, len(base_top)).values])
+                vals = row.tolist()
+                token, lp, base_lp = vals[:3]
+                c = _Choice(int(token), math.exp(lp), math.exp(base_lp), base_top1,
+                            consulted=False, base_top=base_top, base_lp=base_lp, lp=lp,
+                            final_top=vals[3:] if procs else None)
         else:
-            tok = sample(logp, self.params, self.rng)
-            token, lp = torch.stack([tok.to(logp.dtype), logp[tok]]).tolist()
-            p = math.exp(lp)
-            c = _Choice(int(token), p, p, base_top1, consulted=False)
-        c.base_top, c.base_lp, c.lp = base_top, lp, lp
+            c = self._consulted(tok, mix, logd, logp, top_i, base_top1, base_top)
         if self.top_logprobs is not None:
-            c.logprob = self._logprob(logp, c.token)
+            c.logprob = self._logprob(logd, c.token)
+        for p in procs:
+            p.push(c.token)
         return c
 
     def _logprob(self, logdist: torch.Tensor, token: int) -> TokenLogprob:
@@ -284,9 +324,8 @@ class Generation:
                           for i, v in zip(ids.tolist(), row[1:])],
         )
 
-    def _blend(self, logp: torch.Tensor, top_v: torch.Tensor, top_i: torch.Tensor,
-               base_top1: float, base_top: list[float]) -> _Choice:
-        top_lp, top_id = top_v[0], top_i[0]
+    def _mix(self, logp: torch.Tensor, top_lp: torch.Tensor) -> _Mix:
+        """Consult the guides and blend their distributions with the base's."""
         p_base = logp.exp()
         guide_probs = []
         for g in self.guides:
@@ -298,29 +337,31 @@ class Generation:
         view = StepView(p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg],
                         self.guide_weight)
         mixed, alphas = self.strategy.combine(view)
-        if self.params.greedy:
-            tok = mixed.argmax()
-        else:
-            tok = sample((mixed + _EPS).log(), self.params, self.rng)
+        return _Mix(mixed, p_base, guide_probs, alphas, g_top1, g_arg)
+
+    def _consulted(self, tok: torch.Tensor, mix: _Mix, logd: torch.Tensor, logp: torch.Tensor,
+                   top_i: torch.Tensor, base_top1: float, base_top: list[float]) -> _Choice:
+        """The choice at a consulted step, with the guides' signals for the reliability record
+        (read back in one transfer)."""
+        mixed, p_base, guide_probs, alphas, g_top1, g_arg = mix
+        top_id = top_i[0]
         base_topk = top_i[: min(self.config.agreement_top_k, self.top_k)]
         agree1 = (g_arg == top_id).to(p_base.dtype)
         agreek = (g_arg[:, None] == base_topk[None, :]).any(-1).to(p_base.dtype)
         js = js_divergence_bits(p_base, guide_probs)
-        final_top = (torch.topk(mixed, len(base_top)).values + _EPS).log()
-        head = torch.stack([tok.to(p_base.dtype), mixed[tok], p_base[tok], guide_probs[:, tok].mean()])
+        prob = logd[tok].exp() if self.processors else mixed[tok]
+        head = torch.stack([tok.to(p_base.dtype), prob, p_base[tok], guide_probs[:, tok].mean()])
+        final_top = torch.topk(logd, len(base_top)).values
         # one device sync for the step's numbers
         stats = torch.cat([head, alphas, g_top1, agree1, agreek, js, final_top]).tolist()
         n = len(self.guides)
         token, prob, base_prob, guide_prob = stats[:4]
         cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
         self.tracker.consulted(*cols)
-        c = _Choice(int(token), prob, base_prob, base_top1, consulted=True,
-                    alpha=sum(cols[0]) / n, guide_prob=guide_prob, base_top=base_top,
-                    final_top=stats[4 + 5 * n:], base_lp=math.log(max(base_prob, 1e-30)),
-                    lp=math.log(max(prob, 1e-30)))
-        if self.top_logprobs is not None:
-            c.logprob = self._logprob((mixed + _EPS).log(), c.token)
-        return c
+        return _Choice(int(token), prob, base_prob, base_top1, consulted=True,
+                       alpha=sum(cols[0]) / n, guide_prob=guide_prob, base_top=base_top,
+                       final_top=stats[4 + 5 * n:], base_lp=math.log(max(base_prob, 1e-30)),
+                       lp=math.log(max(prob, 1e-30)))
 
     # -- the stream --------------------------------------------------------------------------
     def events(self) -> Iterator[StreamEvent]:

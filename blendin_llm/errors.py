@@ -19,6 +19,14 @@ class GenerationArgumentError(BlendInError, ValueError):
     """A per-call argument (max_new_tokens, stop strings, sampling) is invalid."""
 
 
+class BusyError(BlendInError, TimeoutError):
+    """A call waited longer than ``BlendedLLM(lock_timeout=...)`` for its turn at the models.
+
+    Calls take turns one decoding step at a time, so a wait this long means another call's single
+    step (usually reading a very long prompt) ran that long, or very many calls are decoding at
+    once. Retry, send fewer calls at a time, or raise ``lock_timeout``."""
+
+
 class ModelLoadError(BlendInError, RuntimeError):
     """A model or tokenizer could not be loaded from the given source."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import math
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Union
@@ -13,7 +15,13 @@ from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
 from .mitigation import GuideMonitor
-from .errors import ConfigError, IncompatibleModelsError, PromptError
+from .errors import (
+    BusyError,
+    ConfigError,
+    GenerationArgumentError,
+    IncompatibleModelsError,
+    PromptError,
+)
 from .prompts import PromptLike, normalize_messages, resolved_format, turn_stops
 from .results import BlendResult, StreamEvent
 from .strategies import get_strategy
@@ -78,8 +86,11 @@ class BlendedLLM:
     same-tokenizer guides on the fast path (shared token ids); "always" sends every guide through
     the cross-vocabulary path (for testing and comparison).
 
-    One instance may be shared by many threads: calls run one at a time and each gives the output
-    it would give alone. A ``stream()`` holds the instance until it is exhausted or closed.
+    One instance may be shared by many threads and by many open streams: calls take turns one
+    decoding step at a time (each owns its own caches), and each gives exactly the output it would
+    give alone. A stream that is partly read holds nothing while its reader is away. Waiting for a
+    turn is bounded by ``lock_timeout`` seconds (default 300: far longer than one step, even one
+    that reads a long prompt), after which the call raises ``BusyError``.
     """
 
     def __init__(
@@ -90,6 +101,7 @@ class BlendedLLM:
         *,
         name: str | None = None,
         cross_vocab: str = "auto",
+        lock_timeout: float = 300.0,
     ) -> None:
         self.config = config if config is not None else BlendConfig()
         if not isinstance(self.config, BlendConfig):
@@ -103,6 +115,12 @@ class BlendedLLM:
         self.turn_stops = turn_stops(self.base.spec, self.base.tokenizer)
         self.plain_base = resolved_format(self.base.spec, self.base.tokenizer) == "plain"
         self.name = name or "+".join([self.base.name, *(g.name for g in self.guides)])
+        t = lock_timeout
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < math.inf:
+            raise ConfigError(f"lock_timeout must be a number of seconds > 0, got {t!r}")
+        self.lock_timeout = float(t)
+        # one decoding step at a time: the models, their tokenizers and the backends' caches are
+        # shared by every call; each call's own state (KV caches, sampler) is its own
         self._lock = threading.Lock()
         self.guide_monitor = GuideMonitor([g.name for g in self.guides])
 
@@ -158,6 +176,20 @@ class BlendedLLM:
         return config
 
     # -- generation --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold the models for one step (a prompt's encoding, or one decoding step)."""
+        if not self._lock.acquire(timeout=self.lock_timeout):
+            raise BusyError(
+                f"waited {self.lock_timeout:g} s for a turn at the models of {self.name!r}: "
+                "another call's decoding step took that long, or very many calls are decoding "
+                "at once; retry, send fewer calls at a time, or raise BlendedLLM(lock_timeout=...)"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def _prepare(self, prompt: PromptLike, params: SamplingParams, config: BlendConfig,
                  trace: bool, tools: Any = None, tool_choice: Any = None,
                  response_format: Any = None, parallel_tool_calls: bool = False,
@@ -175,7 +207,8 @@ class BlendedLLM:
         guides = [g for g, a in zip(self.guides, active) if a]
         vocab_maps = [m for m, a in zip(self.vocab_maps, active) if a]
         models = [self.base, *guides]
-        prompt_ids = [m.encode_prompt(messages, prefix) for m in models]
+        with self._turn():  # the tokenizers are shared with the steps of other calls
+            prompt_ids = [m.encode_prompt(messages, prefix) for m in models]
         budget = params.max_new_tokens
         for m, ids in zip(models, prompt_ids):
             if not ids:
@@ -225,6 +258,10 @@ class BlendedLLM:
         response_format: dict | None = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        no_repeat_ngram_size: int = 0,
         **config_overrides: Any,
     ) -> Iterator[StreamEvent]:
         """Yield one event per token (``event.text`` is the released text); the last event has
@@ -244,13 +281,26 @@ class BlendedLLM:
         ``logprobs=True`` reports each streamed token's log-prob in the final (blended)
         distribution, with ``top_logprobs`` alternatives (``event.logprob``, ``result.logprobs``).
 
+        ``repetition_penalty`` (transformers' semantics, 1.0 = off), ``frequency_penalty`` and
+        ``presence_penalty`` (OpenAI's, in [-2, 2], 0 = off) and ``no_repeat_ngram_size``
+        (transformers', 0 = off) change the final distribution before the token is chosen,
+        counting the answer's tokens only (``SamplingParams``).
+
         ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
         instance's BlendConfig for this call only.
         """
+        for flag, value in (("trace", trace), ("logprobs", logprobs),
+                            ("parallel_tool_calls", parallel_tool_calls)):
+            if not isinstance(value, bool):
+                raise GenerationArgumentError(f"{flag} must be True or False, got {value!r}")
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, top_k=top_k, seed=seed,
                                 stop=() if stop is None else stop, ignore_eos=ignore_eos,
-                                logprobs=top_logprobs if logprobs or top_logprobs else None)
+                                logprobs=top_logprobs if logprobs or top_logprobs else None,
+                                repetition_penalty=repetition_penalty,
+                                frequency_penalty=frequency_penalty,
+                                presence_penalty=presence_penalty,
+                                no_repeat_ngram_size=no_repeat_ngram_size)
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(config_overrides)
@@ -261,12 +311,21 @@ class BlendedLLM:
         return self._locked(gen, active)
 
     def _locked(self, gen: Generation, active: list[bool]) -> Iterator[StreamEvent]:
-        with self._lock:
-            for event in gen.events():
+        """``gen``'s events, each step computed while holding the models (``_turn``) and yielded
+        after letting go, so a reader that keeps a stream open holds nothing."""
+        events = gen.events()
+        try:
+            while True:
+                with self._turn():
+                    event = next(events, None)
+                if event is None:
+                    return
                 if event.done:
                     self.guide_monitor.observe(event.result.reliability, gen.config.mitigation,
                                                active)
                 yield event
+        finally:
+            events.close()
 
     async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` for asyncio: decoding runs in a worker thread, so the event loop keeps

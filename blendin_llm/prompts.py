@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence, Union
 
 from .config import ModelSpec
 from .errors import PromptError
+from .text import lone_surrogate
 from .tools import call_arguments
 
 Message = dict[str, Any]
@@ -34,6 +35,17 @@ def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
     return out
 
 
+def _check_text(text: str, where: str) -> None:
+    """Text every tokenizer can encode: no lone surrogate (half of a UTF-16 pair)."""
+    at = lone_surrogate(text)
+    if at is not None:
+        raise PromptError(
+            f"{where} has a lone surrogate {text[at]!r} at character {at}, which is not valid "
+            "Unicode text and cannot be encoded; remove it, or decode the input with "
+            "errors='replace'"
+        )
+
+
 def normalize_messages(prompt: PromptLike) -> list[Message]:
     """Validate a prompt and return it as ``[{"role": ..., "content": ...}, ...]``.
 
@@ -43,6 +55,7 @@ def normalize_messages(prompt: PromptLike) -> list[Message]:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise PromptError("the prompt is empty; pass some text or at least one user message")
+        _check_text(prompt, "the prompt")
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         raise PromptError(
@@ -59,7 +72,13 @@ def normalize_messages(prompt: PromptLike) -> list[Message]:
                 f"message {i} must be a {{'role': ..., 'content': ...}} dict or a (role, content) "
                 f"tuple, got {m!r}"
             )
-        role = _ROLE_ALIASES.get(m["role"], m["role"])
+        role = m["role"]
+        if not isinstance(role, str):
+            raise PromptError(
+                f"message {i} has a role of type {type(role).__name__}; a role is a string, one "
+                f"of {', '.join(_ROLES)}"
+            )
+        role = _ROLE_ALIASES.get(role, role)
         if role not in _ROLES:
             raise PromptError(
                 f"message {i} has role {role!r}; supported roles are {', '.join(_ROLES)}"
@@ -73,6 +92,7 @@ def normalize_messages(prompt: PromptLike) -> list[Message]:
                 f"message {i} content must be text (str), got {type(content).__name__}; "
                 "images and other content parts are not supported"
             )
+        _check_text(content, f"message {i} content")
         msg: Message = {"role": role, "content": content}
         if calls:
             msg["tool_calls"] = _tool_calls(calls, i)

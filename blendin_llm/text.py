@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 
@@ -101,3 +102,15 @@ class LeadingSpace:
 
     def flush(self) -> str:
         return ""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate in ``text`` (which no UTF-8 encoder accepts), or None.
+
+    Such text comes from ``json.loads('"\\\\ud800"')`` or from bytes decoded with
+    ``errors='surrogateescape'`` (a non-UTF-8 command-line argument)."""
+    m = _SURROGATE.search(text)
+    return None if m is None else m.start()

@@ -133,7 +133,7 @@ def test_typo_in_the_guide_is_reported_before_the_base_loads(unloadable):
     (["--gamma", "-1"], "gamma must be a number >= 0"),
     (["--gamma", "abc"], "Invalid value for '--gamma'"),
     (["--alpha", "lots"], "alpha must be 'auto' or a number"),
-    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--top-p", "0"], "top_p must be a number in (0, 1], got 0"),
     (["--stop", ""], "stop strings must not be empty"),
     (["--no-such-option"], "No such option: --no-such-option"),
 ])

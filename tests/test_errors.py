@@ -42,7 +42,7 @@ def llm_and_reference(make_llm):
         (PROMPT, {"max_new_tokens": 2.5}, GenerationArgumentError, "integer"),
         (PROMPT, {"stop": [""]}, GenerationArgumentError, "must not be empty"),
         (PROMPT, {"stop": ""}, GenerationArgumentError, "must not be empty"),
-        (PROMPT, {"temperature": -1}, GenerationArgumentError, ">= 0"),
+        (PROMPT, {"temperature": -1}, GenerationArgumentError, "[0, 2]"),
         (PROMPT, {"top_p": 0}, GenerationArgumentError, "(0, 1]"),
         (PROMPT, {"top_k": -3}, GenerationArgumentError, ">= 0"),
         (PROMPT, {"seed": "abc"}, GenerationArgumentError, "seed"),
@@ -52,6 +52,44 @@ def llm_and_reference(make_llm):
         (PROMPT, {"alpha": "sometimes"}, ConfigError, "auto"),
         (PROMPT, {"strategy": "magic"}, ConfigError, "blendin"),
         (PROMPT, {"temprature": 0.5}, ConfigError, "unknown option"),
+        # lone surrogates (json.loads('"\\ud800"') makes them) are typed errors, not TypeErrors
+        ("a\ud800b", {}, PromptError, "character 1"),
+        ([{"role": "user", "content": "ok"}, {"role": "assistant", "content": "x\udc00"}], {},
+         PromptError, "message 1 content has a lone surrogate"),
+        ([("system", "\udfff"), ("user", "hi")], {}, PromptError, "message 0 content"),
+        (PROMPT, {"stop": ["ok", "\ud800"]}, GenerationArgumentError, "stop string 1"),
+        (PROMPT, {"tools": [{"type": "function", "function": {
+            "name": "f", "description": "d\ud800", "parameters": {"type": "object"}}}]},
+         PromptError, "lone surrogate"),
+        # a role must be a string
+        ([{"role": ["user"], "content": "x"}], {}, PromptError, "role of type list"),
+        ([{"role": {"r": 1}, "content": "x"}], {}, PromptError, "role of type dict"),
+        ([{"role": None, "content": "x"}], {}, PromptError, "role of type NoneType"),
+        # non-finite and out-of-range sampling values
+        (PROMPT, {"temperature": float("inf")}, GenerationArgumentError, "finite"),
+        (PROMPT, {"temperature": float("nan")}, GenerationArgumentError, "temperature"),
+        (PROMPT, {"temperature": 2.5}, GenerationArgumentError, "[0, 2]"),
+        (PROMPT, {"temperature": 10**400}, GenerationArgumentError, "temperature"),
+        (PROMPT, {"top_p": float("inf")}, GenerationArgumentError, "(0, 1]"),
+        (PROMPT, {"top_p": float("nan")}, GenerationArgumentError, "(0, 1]"),
+        # strict types: no truthy strings, no floats for integers
+        (PROMPT, {"ignore_eos": "no"}, GenerationArgumentError, "ignore_eos must be True or False"),
+        (PROMPT, {"logprobs": "yes"}, GenerationArgumentError, "logprobs must be True or False"),
+        (PROMPT, {"trace": 1}, GenerationArgumentError, "trace must be True or False"),
+        (PROMPT, {"parallel_tool_calls": "x"}, GenerationArgumentError, "parallel_tool_calls"),
+        (PROMPT, {"top_logprobs": 2.0}, GenerationArgumentError, "top_logprobs"),
+        (PROMPT, {"top_logprobs": True}, GenerationArgumentError, "top_logprobs"),
+        (PROMPT, {"top_logprobs": 21}, GenerationArgumentError, "[0, 20]"),
+        (PROMPT, {"seed": 1.5}, GenerationArgumentError, "seed"),
+        (PROMPT, {"seed": True}, GenerationArgumentError, "seed"),
+        (PROMPT, {"top_k": 2.0}, GenerationArgumentError, "top_k"),
+        # penalties
+        (PROMPT, {"repetition_penalty": 0}, GenerationArgumentError, "> 0"),
+        (PROMPT, {"repetition_penalty": float("inf")}, GenerationArgumentError, "finite"),
+        (PROMPT, {"frequency_penalty": 2.5}, GenerationArgumentError, "[-2, 2]"),
+        (PROMPT, {"presence_penalty": float("nan")}, GenerationArgumentError, "[-2, 2]"),
+        (PROMPT, {"no_repeat_ngram_size": -1}, GenerationArgumentError, ">= 0"),
+        (PROMPT, {"no_repeat_ngram_size": 2.0}, GenerationArgumentError, "integer"),
     ],
 )
 def test_bad_call_arguments(llm_and_reference, prompt, kwargs, error, words):
@@ -129,6 +167,8 @@ def test_missing_model_gives_a_load_error(tmp_path):
         (dict(source="x", prompt_format="fancy"), "prompt_format"),
         (dict(source="x", dtype="int3"), "dtype"),
         (dict(model=object()), "both model and tokenizer"),
+        (dict(source="x", system_prompt="Be \ud800 brief"), "lone surrogate"),
+        (dict(source="x", user_prefix=None), "user_prefix must be a string"),
     ],
 )
 def test_bad_model_spec(kwargs, words):
@@ -141,3 +181,33 @@ def test_chat_format_without_template(base_model, tok):
                      config=BlendConfig(strategy="base_only"))
     with pytest.raises(PromptError, match="no chat template"):
         llm.generate("hi")
+
+
+def test_model_narrower_than_its_tokenizer_is_refused(tok):
+    narrow = make_model(tok, seed=0, width=len(tok) - 8)
+    with pytest.raises(ModelLoadError, match=f"tokenizer has {len(tok)} token ids"):
+        BlendedLLM((narrow, tok), config=BlendConfig(strategy="base_only"))
+    with pytest.raises(ModelLoadError, match="belongs to the model"):
+        BlendedLLM((make_model(tok, seed=0), tok), [(narrow, tok)])
+
+
+def test_tokenizer_smaller_than_the_model_warns_and_its_missing_ids_are_never_chosen(tok):
+    import torch
+
+    wide = make_model(tok, seed=3, width=len(tok) + 40)
+    with torch.no_grad():  # make the rows without a token likely, as untrained padding can be
+        wide.lm_head.weight[len(tok):] *= 8
+    with pytest.warns(UserWarning, match="never chosen"):
+        llm = BlendedLLM((wide, tok), config=BlendConfig(strategy="base_only"))
+    res = [llm.generate(PROMPT, max_new_tokens=30, temperature=2.0, seed=s, ignore_eos=True)
+           for s in range(3)]
+    assert all(i < len(tok) for r in res for i in r.token_ids)
+    greedy = llm.generate(PROMPT, max_new_tokens=30, ignore_eos=True, logprobs=True,
+                          top_logprobs=3)
+    assert all(i < len(tok) for i in greedy.token_ids)
+
+
+def test_seeds_of_any_size_are_accepted(llm_and_reference):
+    llm, _ = llm_and_reference
+    for seed in (2**64, -(2**63) - 1, 10**100, -(10**100)):
+        assert llm.generate(PROMPT, max_new_tokens=3, temperature=1.0, seed=seed).text is not None

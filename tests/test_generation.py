@@ -33,11 +33,12 @@ def test_sampling_respects_top_p_and_top_k():
     from blendin_llm.sampling import sample
 
     logp = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
-    g = torch.Generator().manual_seed(0)
-    drawn = {int(sample(logp, SamplingParams(temperature=1.0, top_p=0.7), g)) for _ in range(200)}
-    assert drawn == {0, 1}  # 0.5 < 0.7 so token 1 (crossing 0.7) is kept, 2 and 3 are not
-    drawn = {int(sample(logp, SamplingParams(temperature=1.0, top_k=3), g)) for _ in range(300)}
-    assert drawn == {0, 1, 2}
+    us = [(i + 0.5) / 200 for i in range(200)]
+    drawn = [int(sample(logp, SamplingParams(temperature=1.0, top_p=0.7), u)) for u in us]
+    assert set(drawn) == {0, 1}  # 0.5 < 0.7 so token 1 (crossing 0.7) is kept, 2 and 3 are not
+    assert drawn.count(0) == 125  # inverse CDF: 0.5 / 0.8 of evenly spread uniforms
+    drawn = [int(sample(logp, SamplingParams(temperature=1.0, top_k=3), u)) for u in us]
+    assert set(drawn) == {0, 1, 2}
 
 
 def test_stream_and_generate_agree(make_llm):
@@ -147,3 +148,149 @@ def test_plain_format_base_stops_at_the_next_user_turn(base_model, tok):
     assert res.finish_reason == "stop" and res.stop_sequence == prefix.rstrip()
     assert prefix.rstrip() not in res.text
     assert free.turn_stops == ()
+
+
+def _in_thread(fn, timeout=60):
+    """fn() in a thread; its result, or a failure (not a hang) when it does not return."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert out, f"did not return within {timeout} s"
+    return out[0]
+
+
+def test_a_partly_read_stream_does_not_block_other_calls(make_llm):
+    llm = make_llm(gamma=0.5)
+    solo = llm.generate(PROMPT, max_new_tokens=8)
+    s = llm.stream(PROMPT, max_new_tokens=8)
+    next(s)  # kept, half read, as a saved traceback would keep it
+    res = _in_thread(lambda: llm.generate(PROMPT, max_new_tokens=8))  # another thread
+    assert res.token_ids == solo.token_ids
+    assert llm.generate(PROMPT, max_new_tokens=8).token_ids == solo.token_ids  # same thread
+    rest = list(s)
+    assert rest[-1].result.token_ids == solo.token_ids
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=1.0, seed=11)])
+def test_interleaved_streams_give_their_solo_outputs(make_llm, kw):
+    llm = make_llm(gamma=0.5)
+    prompts = [PROMPT, "The quick brown fox", "Question: what is 12 + 30?"]
+    solo = [llm.generate(p, max_new_tokens=20, trace=True, **kw) for p in prompts]
+    streams = [llm.stream(p, max_new_tokens=20, trace=True, **kw) for p in prompts]
+    finals: list = [None] * 3
+    texts = [""] * 3
+    while any(f is None for f in finals):  # round robin, one token of each in turn
+        for i, s in enumerate(streams):
+            if finals[i] is None:
+                e = next(s)
+                texts[i] += e.text
+                if e.done:
+                    finals[i] = e.result
+    for f, t, ref in zip(finals, texts, solo):
+        assert f.token_ids == ref.token_ids and t == ref.text
+        assert f.reliability == ref.reliability
+    assert solo[0].reliability.interventions > 0  # the guide took part
+
+
+def test_interleaved_streams_across_vocabularies(base_model, tok):
+    from blendin_llm import BlendedLLM
+    from tiny import make_model, make_sentencepiece_tokenizer
+
+    sp = make_sentencepiece_tokenizer()
+    llm = BlendedLLM((base_model, tok), [(make_model(sp, seed=5), sp)],
+                     BlendConfig(gamma=0.6))
+    prompts = [PROMPT, "The quick brown fox"]
+    solo = [llm.generate(p, max_new_tokens=15, ignore_eos=True) for p in prompts]
+    pairs = list(zip(*(llm.stream(p, max_new_tokens=15, ignore_eos=True) for p in prompts)))
+    res = pairs[-1]  # one event of each in turn; both run the whole budget
+    assert all(r.done for r in res)
+    assert [r.result.token_ids for r in res] == [r.token_ids for r in solo]
+    assert solo[0].reliability.interventions > 0
+
+
+def test_streams_in_threads_give_their_solo_outputs(make_llm):
+    llm = make_llm(gamma=0.5)
+    jobs = [dict(seed=s, temperature=0.9 if s % 2 else 0.0, max_new_tokens=12) for s in range(4)]
+    solo = [llm.generate(PROMPT, **j) for j in jobs]
+    results: list = [None] * len(jobs)
+    barrier = threading.Barrier(len(jobs))
+
+    def work(i):
+        barrier.wait()
+        results[i] = [e for e in llm.stream(PROMPT, **jobs[i])][-1].result
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r.token_ids for r in results] == [r.token_ids for r in solo]
+
+
+def test_waiting_for_a_turn_is_bounded(make_llm):
+    from blendin_llm import BusyError, ConfigError
+
+    llm = make_llm()
+    llm.lock_timeout = 0.2
+    with llm._lock:  # another call's step that never ends
+        with pytest.raises(BusyError, match="lock_timeout"):
+            llm.generate(PROMPT, max_new_tokens=3)
+    assert llm.generate(PROMPT, max_new_tokens=3).usage.completion_tokens == 3
+    with pytest.raises(ConfigError, match="lock_timeout"):
+        BlendedLLM(llm.base, llm.guides, lock_timeout=0)
+
+
+# -- seeds -------------------------------------------------------------------------------------
+def _sampled(llm, seed, n=12):
+    return llm.generate(PROMPT, max_new_tokens=n, temperature=1.0, seed=seed,
+                        ignore_eos=True).token_ids
+
+
+@pytest.mark.parametrize("a, b", [
+    (5, 5 + 2**32), (5, 5 + 2**64), (2**64, 2**64 + 2**100), (1, -1), (0, -1),
+    (-(2**63) - 1, -(2**63) - 1 - 2**70), (10**40, 10**40 + 1),
+])
+def test_every_bit_of_a_seed_matters(make_llm, a, b):
+    llm = make_llm(strategy="base_only")
+    sa = _sampled(llm, a)
+    assert sa == _sampled(llm, a)  # reproducible, however large or negative
+    assert sa != _sampled(llm, b)
+
+
+def test_numpy_seeds_and_numbers_are_accepted(make_llm):
+    np = pytest.importorskip("numpy")
+    llm = make_llm(gamma=0.5)
+    ref = llm.generate(PROMPT, max_new_tokens=10, temperature=0.5, seed=7, top_k=5)
+    got = llm.generate(PROMPT, max_new_tokens=np.int64(10), temperature=np.float32(0.5),
+                       seed=np.uint64(7), top_k=np.int32(5))
+    assert got.token_ids == ref.token_ids
+
+
+def test_unseeded_calls_differ(make_llm):
+    llm = make_llm(strategy="base_only")
+    runs = {tuple(_sampled(llm, None)) for _ in range(4)}
+    assert len(runs) == 4
+    from blendin_llm.sampling import SeedStream
+
+    assert len({tuple(SeedStream(None).key) for _ in range(100)}) == 100
+
+
+def test_a_steps_uniform_depends_only_on_seed_and_step():
+    from blendin_llm.sampling import SeedStream
+
+    a, b = SeedStream(3), SeedStream(3)
+    ua = [a.uniform(k) for k in range(50)]
+    assert [b.uniform(k) for k in reversed(range(50))] == ua[::-1]  # any order
+    assert len(set(ua)) == 50 and all(0.0 <= u < 1.0 for u in ua)
+    assert SeedStream(4).uniform(0) != ua[0]
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1e-39), dict(temperature=5e-324),
+                                dict(temperature=1.0, top_p=5e-324),
+                                dict(temperature=1e-39, top_p=1e-30, top_k=3)])
+def test_extreme_temperature_and_top_p_act_as_greedy(make_llm, kw):
+    llm = make_llm(gamma=0.5)
+    greedy = llm.generate(PROMPT, max_new_tokens=20)
+    res = llm.generate(PROMPT, max_new_tokens=20, seed=1, **kw)
+    assert res.token_ids == greedy.token_ids

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from ..config import ModelSpec
+from ..errors import PromptError
 from ..prompts import Message, render_prompt
+from ..text import lone_surrogate
 
 
 class SequenceState:
@@ -59,6 +61,11 @@ class ModelBackend(ABC):
     @abstractmethod
     def eos_token_ids(self) -> frozenset[int]: ...
 
+    @property
+    def n_tokens(self) -> int:
+        """How many token ids the tokenizer has (ids from it up to ``logits_width`` have no text)."""
+        return len(self.tokenizer)
+
     def vocab(self) -> dict[str, int]:
         """Token string -> id; two backends with equal vocabularies share token ids."""
         return self.tokenizer.get_vocab()
@@ -66,6 +73,14 @@ class ModelBackend(ABC):
     # -- text ------------------------------------------------------------------------------
     def encode_prompt(self, messages: list[Message], answer_prefix: str = "") -> list[int]:
         text, add_special = render_prompt(messages, self.spec, self.tokenizer, answer_prefix)
+        at = lone_surrogate(text)
+        if at is not None:  # from tool descriptions, call arguments, a template: any text part
+            raise PromptError(
+                f"the prompt rendered for {self.name!r} has a lone surrogate {text[at]!r} at "
+                f"character {at} (...{text[max(0, at - 30):at]!r}); it is not valid Unicode "
+                "text: remove it from the messages, tools or schema, or decode them with "
+                "errors='replace'"
+            )
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,6 +71,29 @@ class TransformersBackend(ModelBackend):
             _as_id_set(getattr(gen, "eos_token_id", None)) | _as_id_set(tokenizer.eos_token_id)
         )
         self._width = int(model.get_output_embeddings().weight.shape[0])
+        self._n_tokens = self._check_sizes(model, tokenizer)
+
+    def _check_sizes(self, model: Any, tokenizer: Any) -> int:
+        """The tokenizer's size. A model whose embedding or logits have fewer rows than the
+        tokenizer has ids would fail with an IndexError on the first such token: refuse it now.
+        A tokenizer smaller than the model is allowed (embeddings are often padded), with a
+        warning: the ids it lacks have no text and are never chosen."""
+        n_tok = len(tokenizer)
+        emb = model.get_input_embeddings()
+        rows = min(self._width, int(emb.weight.shape[0]) if emb is not None else self._width)
+        if n_tok > rows:
+            raise ModelLoadError(
+                f"model {self.name!r} has {rows} token embeddings/logits but its tokenizer has "
+                f"{n_tok} token ids; ids {rows}..{n_tok - 1} would fail. Pass the tokenizer that "
+                "belongs to the model (or resize the model's embeddings to the tokenizer)."
+            )
+        if n_tok < self._width:
+            warnings.warn(
+                f"model {self.name!r} has {self._width} logits but its tokenizer only {n_tok} "
+                f"token ids; ids {n_tok}..{self._width - 1} have no text and are never chosen",
+                UserWarning, stacklevel=4,
+            )
+        return n_tok
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "TransformersBackend":
@@ -109,6 +133,10 @@ class TransformersBackend(ModelBackend):
     @property
     def logits_width(self) -> int:
         return self._width
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n_tokens
 
     @property
     def context_length(self) -> int | None:
