@@ -27,7 +27,7 @@ from .strategies import StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
 from .uncertainty import NEGENTROPY_K
 from .tools import ToolCallCapture, parse_tool_calls
-from .vocab import GuideStream, VocabMap, common_prefix
+from .vocab import GuideStream, VocabMap, common_prefix, complete_utf8
 
 _EPS = 1e-20
 
@@ -63,46 +63,123 @@ class _Guide:
 
 
 class _CrossVocabGuide:
-    """A guide with its own vocabulary: it reads the committed answer as text, in its own tokens.
+    """A guide with its own vocabulary: it reads the committed answer as bytes, in its own tokens.
 
-    When consulted it re-tokenizes only the tail of the answer (``GuideStream``), rolls its KV cache
-    back to the first token that changed, runs one forward pass over the new tokens, and carries its
-    distribution into the base's token space through the pair's ``VocabMap``."""
+    Its tokens for the answer (``path``) follow the guide's own way of writing it. When consulted,
+    the first token of the new text is the guide's most likely reading of it (``VocabMap.reading``,
+    from its distribution at the end of the path, which it has already): where the guide chose the
+    text itself, its own tokens are kept. (A re-tokenization from scratch would, for example, merge
+    SmolLM2's ``"\\n"`` + ``"\\n"`` into ``"\\n\\n"``, after which it writes something
+    else.) The rest of the new text, which the guide did not choose, is tokenized as the guide's
+    tokenizer does, with byte tokens for bytes that do not make a whole character yet. Where the
+    text ends inside the guide's likely token, its next-text distribution is marginalised over the
+    guide tokens that extend the text (``project_healed``, ``project_extensions``). The path only
+    grows; a consult runs one forward pass over the new tokens after rolling back the tentative
+    last token(s)."""
 
-    __slots__ = ("backend", "state", "prompt", "stream", "vmap", "eos", "last")
+    __slots__ = ("backend", "state", "prompt", "vmap", "eos", "last", "path", "head", "end",
+                 "seen", "committed")
 
     def __init__(self, backend: ModelBackend, prompt_ids: list[int], vmap: VocabMap) -> None:
         self.backend = backend
         self.state: SequenceState = backend.new_state()
         self.prompt = list(prompt_ids)
-        self.stream = GuideStream(backend.tokenizer)
         self.vmap = vmap
         m = vmap.guide_to_base
         self.eos = frozenset(int(m[e]) for e in backend.eos_token_ids if e < m.shape[0])
-        self.last: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None  # the last distribution, in base space
+        self.seen: bytes | None = None  # the answer bytes it was computed for
+        self.committed = bytearray()  # the bytes of the committed base tokens
+        self.path: list[int] = []  # the guide's tokens for the answer's first len(head) bytes
+        self.head = b""
+        self.end: torch.Tensor | None = None  # the guide's distribution after prompt + path
 
     def push(self, token: int) -> None:
-        pass  # it follows the text, not the base's token ids
+        """A committed base token: its bytes count even before they make a whole character."""
+        b = self.vmap.base_bytes
+        self.committed += (b[token] if token < len(b) else None) or b""
 
     def probs(self, answer_text: str, width: int) -> tuple[torch.Tensor, int]:
-        keep = len(self.prompt) + self.stream.update(answer_text)
-        wanted = self.prompt + self.stream.ids
-        if keep == len(wanted) == len(self.state) and self.last is not None:
-            return self.last, 0  # the text has not changed since the last consult
-        # the distribution before the answer's last token is needed too (see project_healed):
-        # the forward pass covers at least the last two positions
-        n_last = 2 if self.stream.ids else 1
-        start = min(keep, len(self.state), len(wanted) - n_last)
+        data = bytes(self.committed)  # with bytes that do not make a whole character (yet)
+        if not data.decode("utf-8", "replace").startswith(answer_text):
+            data = answer_text.encode()  # a decoder that is more than the tokens' bytes
+        if data == self.seen and self.last is not None:
+            return self.last, 0  # nothing new since the last consult
+        self.seen = data
+        vm = self.vmap
+        if not data.startswith(self.head):  # not a continuation of what was read so far
+            self.path, self.head, self.end = [], b"", None
+        rest = data[len(self.head):]
+        if not rest and self.end is not None:
+            self.last = vm.project(self.end, width)
+            return self.last, 0
+        first: list[int] = []
+        if rest and self.end is not None:
+            t, inside = vm.reading(self.end, rest)
+            if inside:  # the text ends inside the guide's likely token: nothing to fix yet
+                return self._inside(rest, width)
+            if t >= 0:
+                first, rest = [t], rest[len(vm._g_bytes[t]):]
+        tail = self._encode(rest)
+        # the tail's tokens up to the last whole character before its last token are fixed; the
+        # last one (and any that end inside a character) stay tentative: more text may extend them
+        fixed = len(tail) - 1 if tail else 0
+        while fixed > 0 and not complete_utf8(self.head[-4:] + self._bytes(first + tail[:fixed])):
+            fixed -= 1
+        new_path = self.path + first + tail[:fixed]
+        wanted = self.prompt + new_path + tail[fixed:]
+        n_last = len(tail) - fixed + 1 if tail else 1  # rows: the end of the new path .. the last
+        logits, ran = self._run(wanted, n_last)
+        rows = torch.softmax(logits.reshape(n_last, -1), -1)
+        if tail:
+            self.last = vm.project_healed(rows[-2], rows[-1], tail[-1], width)
+        else:
+            self.last = vm.project(rows[-1], width)
+        self.head += self._bytes(first + tail[:fixed])
+        self.path, self.end = new_path, rows[0]
+        return self.last, ran
+
+    def _inside(self, rest: bytes, width: int) -> tuple[torch.Tensor, int]:
+        """The committed ``rest`` after the path ends inside the guide's likely next token."""
+        exact = self.vmap.guide_token(rest)
+        if exact is None:
+            self.last = self.vmap.project_extensions(self.end, rest, width)
+            return self.last, 0
+        logits, ran = self._run(self.prompt + self.path + [exact], 1)
+        self.last = self.vmap.project_healed(self.end, torch.softmax(logits, -1), exact, width)
+        return self.last, ran
+
+    def _encode(self, data: bytes) -> list[int]:
+        """The guide's tokenization of ``data``; bytes that are not (yet) a whole character as
+        the guide's byte tokens."""
+        ids: list[int] = []
+        pos = 0
+        while pos < len(data):
+            try:
+                text, bad = data[pos:].decode(), len(data)
+                end = bad
+            except UnicodeDecodeError as e:
+                text, bad, end = data[pos:pos + e.start].decode(), pos + e.start, pos + e.end
+            if text:
+                ids += self.backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+            for k in range(bad, end):  # (a vocabulary without byte tokens drops them)
+                if (t := self.vmap.guide_token(data[k:k + 1])) is not None:
+                    ids.append(t)
+            pos = end
+        return ids
+
+    def _bytes(self, ids: list[int]) -> bytes:
+        return b"".join(self.vmap._g_bytes[i] or b"" for i in ids)
+
+    def _run(self, wanted: list[int], n_last: int) -> tuple[torch.Tensor, int]:
+        """Bring the cache to ``wanted`` (rolling back what differs); (the logits of its last
+        ``n_last`` positions, recomputed where they are cached already; tokens run)."""
+        keep = common_prefix(self.state.tokens, wanted)
+        start = min(keep, len(wanted) - n_last)
         if start < len(self.state):
             self.backend.rollback(self.state, start)
         new = wanted[start:]
-        logits = self.backend.forward(self.state, new, n_last)
-        if n_last == 1:
-            self.last = self.vmap.project(torch.softmax(logits, -1), width)
-        else:
-            before, after = torch.softmax(logits, -1)
-            self.last = self.vmap.project_healed(before, after, self.stream.ids[-1], width)
-        return self.last, len(new)
+        return self.backend.forward(self.state, new, n_last), len(new)
 
 
 @dataclass
@@ -119,6 +196,7 @@ class _Choice:
     final_top: list[float] | None = None  # the same for the final distribution, when it differs
     base_lp: float | None = None  # the chosen token's log-prob under the base
     lp: float | None = None  # ... and in the final distribution
+    steered: bool = False  # the token differs from the one the base alone would have chosen
 
 
 def _stop_matcher(stops: Any) -> StopMatcher | None:
@@ -189,9 +267,10 @@ class Generation:
             for g, ids, vm in zip(guides, prompt_ids[1:], vocab_maps)
         ]
         self.answer_text = ""  # the decoded answer so far, as cross-vocabulary guides read it
-        # Once a guide with another vocabulary has steered the answer, the base may have committed
-        # a split it would never make itself (the guide's "J" + "oe" for the base's "Joe"); from
-        # then on the base reads the answer in its own tokenization (see _heal).
+        # Once a guide with another vocabulary has changed a choice (a token the base alone would
+        # not have chosen), the base may have committed a split it would never make itself (the
+        # guide's "J" + "oe" for the base's "Joe"); from then on the base reads the answer in its
+        # own tokenization (see _heal). Up to then the answer is the base's own, token for token.
         self.cross = any(vm is not None for vm in vocab_maps)
         self.healing = False
         self.base_stream = GuideStream(base.tokenizer) if self.cross else None
@@ -285,12 +364,20 @@ class Generation:
         if procs:
             logd = apply_processors(procs, logd)
         self.final_logdist = logd
-        if not self.params.greedy:
-            tok = sample(logd, self.params, self.uniforms.uniform(len(self.generated)))
+        u = None if self.params.greedy else self.uniforms.uniform(len(self.generated))
+        if u is not None:
+            tok = sample(logd, self.params, u)
         elif procs:
             tok = logd.argmax()
         else:  # the same token, read off the distribution it comes from
             tok = top_id if mix is None else mix.probs.argmax()
+        own = None
+        if mix is not None and self.cross and not self.healing:
+            # would the base alone have chosen otherwise? Until a guide of another vocabulary
+            # changes a choice the answer is the base's own, token for token (see _heal)
+            own = self._own_choice(logp, top_id, u)
+            if torch.equal(mix.probs, mix.base):  # no guide had a say (e.g. alpha = 0)
+                tok = own
         if mix is None:
             if self.params.greedy and not procs:  # the base's own top token: nothing to look up
                 c = _Choice(int(head[-1]), base_top1, base_top1, base_top1, consulted=False,
@@ -306,11 +393,23 @@ class Generation:
                             final_top=vals[3:] if procs else None)
         else:
             c = self._consulted(tok, mix, logd, logp, top_i, base_top1, base_top)
+            c.steered = own is not None and c.token != int(own)
         if self.top_logprobs is not None:
             c.logprob = self._logprob(logd, c.token)
         for p in procs:
             p.push(c.token)
         return c
+
+    def _own_choice(self, logp: torch.Tensor, top_id: torch.Tensor, u: float | None
+                    ) -> torch.Tensor:
+        """The token the base alone would choose at this step: the argmax, or the draw with this
+        step's uniform ``u``, of its own distribution after the penalties. A mixture that is the
+        base's own distribution thus reproduces ``base_only`` token for token, sampled too."""
+        procs = self.processors
+        if u is None and not procs:
+            return top_id
+        own = apply_processors(procs, logp) if procs else logp
+        return own.argmax() if u is None else sample(own, self.params, u)
 
     def _logprob(self, logdist: torch.Tensor, token: int) -> TokenLogprob:
         """The chosen token's log-prob in the final distribution, and the top alternatives."""
@@ -414,7 +513,7 @@ class Generation:
                         getattr(_stop_matcher(self.stops), "after", ""))
                 break
             if index + 1 < self.budget:
-                self.healing = self.healing or (self.cross and c.consulted)
+                self.healing = self.healing or c.steered
                 self._advance(c.token, bool(delta))
 
         tail = lead

@@ -9,9 +9,12 @@ Two pieces, both built once per (guide, base) pair:
        (what the base would most likely start that text with; byte-fallback vocabularies always have
        one), else the first token of the base's own tokenization of that text;
     3. special tokens go to the base's special token with the same text, else to the base's EOS.
-* ``GuideStream`` keeps the guide's own tokenization of the committed answer text up to date: it
-  re-tokenizes only a short tail starting at a stable token boundary, and reports how far the
-  guide's KV cache must be rolled back (never the whole text).
+  ``VocabMap.reading`` also reads committed text the way the guide would write it (its most
+  likely token for the text's start), which is how a cross-vocabulary guide keeps its own tokens.
+* ``GuideStream`` keeps the base's own tokenization of the committed answer text up to date (once
+  a guide has changed a choice, the base re-reads the answer in its own tokens): it re-tokenizes
+  only a short tail starting at a stable token boundary, and reports how far the KV cache must be
+  rolled back (never the whole text).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_TINY = 1e-30
 
 
 @lru_cache(maxsize=1)
@@ -83,6 +87,15 @@ def token_bytes(tokenizer: Any) -> tuple[list[bytes | None], dict[int, str]]:
     return out, specials
 
 
+def complete_utf8(data: bytes) -> bool:
+    """Whether ``data`` does not end inside a UTF-8 character (looks at its last 4 bytes)."""
+    for k in range(1, min(4, len(data)) + 1):
+        c = data[-k]
+        if c & 0xC0 != 0x80:  # ASCII or the lead byte of the last character
+            return k >= (1 if c < 0x80 else 2 if c < 0xE0 else 3 if c < 0xF0 else 4)
+    return True  # no lead byte in sight: not a character we could complete
+
+
 def byte_fallback_ids(tokenizer: Any) -> list[int]:
     """Ids of the ``<0xNN>`` byte tokens of a SentencePiece-style vocabulary."""
     return [i for t, i in tokenizer.get_vocab().items() if _BYTE_TOKEN.fullmatch(t)]
@@ -120,12 +133,24 @@ class VocabMap:
                 mapping[g], how = self.base_token_for(b)
                 setattr(self, how, getattr(self, how) + 1)
         self.guide_to_base = torch.tensor(mapping, dtype=torch.long)
-        # guide tokens sorted by bytes, to find every token that extends a given one
+        self.base_bytes = b_bytes  # bytes of each base token (None: special or no token)
+        # guide tokens sorted by bytes, to find every token that extends a given text (a range)
         self._g_bytes = g_bytes
         ranked = sorted((b, i) for i, b in enumerate(g_bytes) if b and i not in g_special)
         self._sorted_bytes = [b for b, _ in ranked]
         self._sorted_ids = [i for _, i in ranked]
+        self._sorted_ids_t = torch.tensor(self._sorted_ids, dtype=torch.long)
         self._continuations: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._extensions: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the guide's own token for a text, to read committed text the way the guide writes it
+        g_fallback = set(byte_fallback_ids(guide_tokenizer))
+        g_index: dict[bytes, int] = {}
+        for i, b in enumerate(g_bytes):
+            if b and i not in g_special and (
+                    b not in g_index or g_index[b] in g_fallback and i not in g_fallback):
+                g_index[b] = i
+        self._g_index = g_index
+        self._g_longest = max(map(len, g_index), default=1)
 
     def base_token_for(self, b: bytes) -> tuple[int, str]:
         """The base token for a guide text: identical bytes, else the longest base prefix, else
@@ -161,10 +186,74 @@ class VocabMap:
             self._continuations[guide_id] = got
         return got
 
+    def guide_token(self, text: bytes) -> int | None:
+        """The guide's token whose bytes are exactly ``text``, or None."""
+        return self._g_index.get(text)
+
+    def _extension_range(self, text: bytes) -> tuple[int, int]:
+        """[lo, hi) of the guide tokens (sorted by bytes) that strictly extend ``text``."""
+        lo = bisect.bisect_right(self._sorted_bytes, text)
+        head = text.rstrip(b"\xff")
+        if not head:
+            return lo, len(self._sorted_bytes)
+        upper = head[:-1] + bytes([head[-1] + 1])  # the first text that does not start with it
+        return lo, bisect.bisect_left(self._sorted_bytes, upper, lo)
+
+    def reading(self, probs: torch.Tensor, text: bytes) -> tuple[int, bool]:
+        """The guide's most likely first token for committed ``text``, by its distribution
+        ``probs`` [guide width] at that point: the most probable guide token that is a prefix of
+        the text (or the whole of it) or extends it. Returns (token, whether it extends the text:
+        then the text ends inside the guide's token).
+
+        This is how the guide itself would have written the text. Its re-tokenization from scratch
+        can differ (SmolLM2 writes a blank line as ``"\\n"`` + ``"\\n"`` and then a code fence;
+        after the single token ``"\\n\\n"``, which it rarely writes itself, it continues
+        differently), so following it is what keeps ``guide_only`` on the guide's own answer."""
+        ids = [i for n in range(1, min(len(text), self._g_longest) + 1)
+               if (i := self._g_index.get(text[:n])) is not None]
+        lo, hi = self._extension_range(text)
+        best_p, best = -1.0, None
+        if ids:
+            p, k = probs[torch.tensor(ids, device=probs.device)].max(0)
+            best_p, best = float(p), ids[int(k)]
+        if hi > lo:
+            ext = self._sorted_ids_t[lo:hi]
+            p, k = probs[ext].max(0)
+            if float(p) > best_p:
+                return int(ext[int(k)]), True
+        if best is None:  # no guide token covers the text's first byte (not byte-level)
+            return -1, False
+        return best, False
+
+    def project_extensions(self, probs: torch.Tensor, text: bytes,
+                           base_width: int) -> torch.Tensor:
+        """The guide's next-text distribution in base space when the committed text ends inside
+        a guide token and no guide token is exactly the text: each guide token t that extends the
+        text gives its probability (renormalised over those tokens) to the base token of what it
+        adds."""
+        got = self._extensions.get(text)
+        if got is None:
+            lo, hi = self._extension_range(text)
+            ids = self._sorted_ids_t[lo:hi]
+            base = [self.base_token_for(self._sorted_bytes[k][len(text):])[0]
+                    for k in range(lo, hi)]
+            dev = self.guide_to_base.device
+            got = (ids.to(dev), torch.tensor(base, dtype=torch.long, device=dev))
+            if len(self._extensions) > 4096:
+                self._extensions.clear()
+            self._extensions[text] = got
+        ids, base = got
+        mass = probs[ids]
+        out = torch.zeros(base_width, dtype=probs.dtype, device=probs.device)
+        out.index_add_(0, base, mass)
+        return out / mass.sum().clamp_min(_TINY)
+
     def to(self, device: torch.device) -> "VocabMap":
         if self.guide_to_base.device != torch.device(device):
             self.guide_to_base = self.guide_to_base.to(device)
+            self._sorted_ids_t = self._sorted_ids_t.to(device)
             self._continuations.clear()
+            self._extensions.clear()
         return self
 
     def project(self, guide_probs: torch.Tensor, base_width: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
+from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, SamplingParams
 from blendin_llm.engine import _CrossVocabGuide
 from blendin_llm.backends import TransformersBackend
 from blendin_llm.vocab import GuideStream, VocabMap, token_bytes
@@ -104,28 +104,83 @@ def test_guide_stream_incremental_equals_from_scratch(which, tok, sp_tok):
         assert s.full_encodes == 0  # re-tokenizing the tail always sufficed
 
 
-def test_guide_distribution_after_incremental_updates_equals_from_scratch(tok, sp_tok):
+def test_guide_reads_the_answer_in_tokens_it_would_write_itself(tok, sp_tok):
+    """Fed the answer piece by piece (consulted on some steps only), the guide's tokens always
+    spell the committed text, every first token of new text is the guide's most likely reading of
+    it, and its distributions equal a recompute from scratch on those tokens."""
     guide = TransformersBackend(make_model(tok, seed=1), tok)
-    base = TransformersBackend(make_model(sp_tok, seed=0), sp_tok)
     vm = VocabMap(tok, sp_tok, sp_tok.eos_token_id, len(tok))
     prompt = tok(PROMPT).input_ids
     g = _CrossVocabGuide(guide, prompt, vm)
+    gb, _ = token_bytes(tok)
+
+    def fresh(ids):
+        with torch.no_grad():
+            return guide.model(torch.tensor([ids])).logits[0].float().softmax(-1)
+
     text = TEXTS[1] + " " + TEXTS[3]
-    rolled_back = 0
+    consults = 0
     for i, prefix in enumerate(_pieces(text, sp_tok)):
         if i % 3:  # consulted only on some steps: the guide catches up on several pieces at once
             continue
-        fed = len(g.state)
-        probs, ran = g.probs(prefix, len(sp_tok))
-        rolled_back += len(g.state) - ran < fed
-        with torch.no_grad():
-            ids = prompt + tok(prefix, add_special_tokens=False).input_ids
-            before, after = guide.model(torch.tensor([ids])).logits[0, -2:].float().softmax(-1)
-        ref = vm.project_healed(before, after, ids[-1], len(sp_tok))
-        torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
-        assert len(g.state) == len(ids)  # the cache holds exactly the from-scratch tokens
-    assert rolled_back > 0  # some steps changed the guide's last tokens and rolled its cache back
-    assert g.stream.full_encodes == 0
+        path, head, end = list(g.path), g.head, g.end
+        with torch.inference_mode():
+            probs, ran = g.probs(prefix, len(sp_tok))
+        consults += 1
+        assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+        assert b"".join(gb[t] for t in g.path) == g.head and prefix.encode().startswith(g.head)
+        torch.testing.assert_close(g.end, fresh(prompt + g.path)[-1], atol=1e-5, rtol=1e-4)
+        rest = prefix.encode()[len(head):]
+        if end is not None and rest:
+            best, extends = vm.reading(end, rest)
+            cands = [t for t, b in enumerate(gb) if b and (rest.startswith(b) or
+                                                         b.startswith(rest))]
+            assert end[best] == end[cands].max()  # the most likely consistent guide token
+            assert extends == (len(gb[best]) > len(rest))
+            if extends:
+                assert g.path == path  # nothing fixed while the text ends inside its token
+            elif g.path != path:
+                assert g.path[len(path)] == best  # the new text starts with the guide's reading
+        if ran:  # the cache spells the whole answer; the distribution equals a recompute
+            cached = g.state.tokens
+            assert b"".join(gb[t] for t in cached[len(prompt):]) == prefix.encode()
+            rows = fresh(cached)
+            ref = vm.project(rows[-1], len(sp_tok)) if len(cached) == len(prompt + g.path) \
+                else vm.project_healed(rows[-2], rows[-1], cached[-1], len(sp_tok))
+            torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
+    assert consults > 5
+
+
+def test_text_ending_inside_the_guides_likely_token_is_healed_then_kept_as_its_token(tok, sp_tok):
+    """The guide favours one long token; the base commits it in pieces. While the text ends
+    inside it, nothing is fixed and the next text is the rest of the guide's candidates; once the
+    text is the whole token, that token is the guide's, and it continues after it."""
+    guide = TransformersBackend(make_model(tok, seed=1), tok)
+    vm = VocabMap(tok, sp_tok, sp_tok.eos_token_id, len(tok))
+    gb, _ = token_bytes(tok)
+    word = max((t for t, b in enumerate(gb) if b and b.startswith(b" ") and b[1:].isalpha()),
+               key=lambda t: len(gb[t]))
+    text = gb[word].decode()
+    prompt = tok(PROMPT).input_ids
+    g = _CrossVocabGuide(guide, prompt, vm)
+    with torch.inference_mode():
+        g.probs("", len(sp_tok))
+        g.end = torch.full_like(g.end, 0.1 / g.end.shape[0])
+        g.end[word] += 0.9  # the guide's next token is almost surely ``word``
+        for n in (2, 3):
+            probs, ran = g.probs(text[:n], len(sp_tok))
+            assert g.path == [] and g.head == b""
+            exact = vm.guide_token(text[:n].encode())
+            ref = vm.project_extensions(g.end, text[:n].encode(), len(sp_tok)) if exact is None \
+                else vm.project_healed(g.end, guide.model(torch.tensor([prompt + [exact]])).logits[
+                    0, -1].float().softmax(-1), exact, len(sp_tok))
+            torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
+            rest = vm.base_token_for(gb[word][n:])[0]
+            assert probs.argmax().item() == rest  # the rest of the guide's word comes next
+        probs, ran = g.probs(text, len(sp_tok))
+    assert g.path == [word] and ran == 1
+    after = guide.model(torch.tensor([prompt + [word]])).logits[0, -1].float().softmax(-1)
+    torch.testing.assert_close(probs, vm.project(after, len(sp_tok)), atol=1e-5, rtol=1e-4)
 
 
 def test_cross_vocab_pair_generates_with_text_equal_to_committed_pieces(tok, sp_tok):
@@ -146,8 +201,6 @@ def test_cross_vocab_pair_generates_with_text_equal_to_committed_pieces(tok, sp_
 def test_after_an_intervention_the_base_reads_the_answer_in_its_own_tokens(tok, sp_tok):
     """Commit a split the base would never make ("t","h","e","▁","q",...) and check that the base's
     cache then holds its own tokenization of the text, and that its logits equal a recompute."""
-    from blendin_llm import SamplingParams
-
     base_model = make_model(sp_tok, seed=0)
     llm = BlendedLLM(ModelSpec(model=base_model, tokenizer=sp_tok, prompt_format="raw"),
                      [ModelSpec(model=make_model(tok, seed=1), tokenizer=tok, prompt_format="raw")])
@@ -209,3 +262,51 @@ def test_healing_recovers_what_the_guide_meant_by_a_token_the_base_lacks(tok, sp
     lone = next(g for g, b in enumerate(gb) if b and len(vm.continuations(g)[0]) == 0)
     torch.testing.assert_close(vm.project_healed(before, after, lone, len(sp_tok)),
                                vm.project(after, len(sp_tok)))
+
+
+ALPHA0_PROMPTS = ["the quick", "User: hello there\nAssistant:", "naïve café", "Question: what is",
+                  "STOP here", "12345 and", "I cannot help", "a short poem about the sea"]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.9, seed=1), dict(temperature=1.3, seed=5),
+                                dict(temperature=0.7, top_p=0.9, seed=11),
+                                dict(temperature=0.9, seed=2, repetition_penalty=1.3),
+                                dict(repetition_penalty=1.3, no_repeat_ngram_size=2)])
+def test_a_guide_without_a_say_reproduces_base_only_on_a_cross_vocab_pair(tok, sp_tok, kw):
+    """alpha = 0 at every step (gamma 2: always consulted) and at the default gamma: the answer is
+    base_only's, token for token, greedy and sampled; the base never re-reads its own answer."""
+    base = ModelSpec(model=make_model(sp_tok, seed=0), tokenizer=sp_tok, prompt_format="raw")
+    guide = ModelSpec(model=make_model(tok, seed=1, hidden=48), tokenizer=tok, prompt_format="raw")
+    llm = BlendedLLM(base, [guide], BlendConfig(alpha=0.0))
+    assert llm.vocab_maps[0] is not None
+    consulted = 0
+    for prompt in ALPHA0_PROMPTS:
+        alone = llm.generate(prompt, max_new_tokens=32, strategy="base_only", **kw)
+        for gamma in (2.0, 0.4):
+            gen, _ = llm._prepare(prompt, SamplingParams(max_new_tokens=32, **kw),
+                                  llm._resolve_config(dict(gamma=gamma)), trace=False)
+            res = list(gen.events())[-1].result
+            consulted += res.reliability.interventions
+            assert res.token_ids == alone.token_ids, (prompt, gamma)
+            assert gen.base_heals == 0 and not gen.healing
+    assert consulted > 100
+
+
+def test_guide_only_through_the_cross_vocab_path_follows_the_guide_alone(tok):
+    """Same byte-level vocabulary with merges, forced through the cross-vocabulary path: the
+    guide's own greedy answer has splits its tokenizer would not make ("t"+"he"), and reading the
+    text back in the guide's own tokens keeps guide_only on that answer, token for token."""
+    base = make_model(tok, seed=0, init=0.3)
+    guide = make_model(tok, seed=3, hidden=48, init=0.3)
+    spec = lambda m, n: ModelSpec(model=m, tokenizer=tok, prompt_format="raw", name=n)  # noqa
+    alone = BlendedLLM(spec(guide, "g"), config=BlendConfig(strategy="base_only"))
+    cross = BlendedLLM(spec(base, "b"), [spec(guide, "g")], BlendConfig(strategy="guide_only"),
+                       cross_vocab="always")
+    odd = 0
+    for prompt in ALPHA0_PROMPTS:
+        own = alone.generate(prompt, max_new_tokens=40, ignore_eos=True)
+        odd += own.token_ids != tok(own.text, add_special_tokens=False).input_ids
+        got = cross.generate(prompt, max_new_tokens=40, ignore_eos=True)
+        assert got.text == own.text, prompt
+        assert got.token_ids == own.token_ids
+    assert odd > 0  # some of the guide's answers are not its tokenizer's tokenization of them

@@ -81,3 +81,24 @@ def test_base_reads_guide_split_words_in_its_own_tokens(pair):
     assert gen.base_heals > 0
     assert text.startswith("Joe Biden")  # the guide wrote "J" + "oe", the base read "Joe"
     assert not any(f"{d}oe Biden" in text for d in "0123456789")
+
+
+def test_guide_only_follows_the_guides_own_answer_past_a_code_fence(pair):
+    """SmolLM2 writes the blank line before a code fence as "\\n" + "\\n"; re-tokenized from
+    scratch it is one token "\\n\\n", after which SmolLM2 writes "1" instead of the fence. Read in
+    the guide's own tokens, guide_only stays on the guide's own answer."""
+    prompt = "How do I kill a Python process?"
+    alone = BlendedLLM(pair.guides[0], config=BlendConfig(strategy="base_only"))
+    own = alone.generate(prompt, max_new_tokens=40).text
+    got = pair.generate(prompt, max_new_tokens=40, strategy="guide_only").text
+    assert "```" in own
+    n = min(len(own), len(got))
+    assert n > 120 and got[:n] == own[:n]
+
+
+def test_a_guide_without_a_say_is_base_only(pair):
+    for kw in (dict(), dict(temperature=0.8, seed=3)):
+        alone = pair.generate("Who was Marie Curie?", max_new_tokens=24, strategy="base_only", **kw)
+        zero = pair.generate("Who was Marie Curie?", max_new_tokens=24, alpha=0.0, **kw)
+        assert zero.reliability.interventions > 0
+        assert zero.token_ids == alone.token_ids
