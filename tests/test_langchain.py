@@ -528,3 +528,48 @@ def test_configurable_fields_share_the_engine(tiny_dirs):
     short = conf.with_config(configurable={"max_tokens": 4}).invoke("Hello")
     assert short.usage_metadata["output_tokens"] == 4
     assert short.text == chat.invoke("Hello", max_tokens=4).text
+# -- bad text ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["a\ud800b", "\udfff", "ok \ud83d"])
+@pytest.mark.parametrize("call", [
+    lambda m, t: m.invoke(t),
+    lambda m, t: list(m.stream(t)),
+    lambda m, t: asyncio.run(m.ainvoke(t)),
+    lambda m, t: m.invoke([SystemMessage(t), HumanMessage("hi")]),
+])
+def test_lone_surrogates_are_a_prompt_error(text, call):
+    chat = ChatBlendIn(llm=TINY, max_tokens=5)
+    with pytest.raises(PromptError, match="surrogate"):
+        call(chat, text)
+    assert chat.invoke("Hello").text == TINY.generate("Hello", max_new_tokens=5).text
+
+
+
+
+# -- penalties --------------------------------------------------------------------------------
+PENALTIES = [("repetition_penalty", 2.0), ("frequency_penalty", 2.0), ("presence_penalty", 2.0),
+             ("no_repeat_ngram_size", 1)]
+
+
+@pytest.mark.parametrize("name, value", PENALTIES)
+def test_penalties_reach_the_engine_as_fields_and_per_call(name, value):
+    msgs = [{"role": "user", "content": "The quick brown fox"}]
+    plain = TINY.generate(msgs, max_new_tokens=24).text
+    want = TINY.generate(msgs, max_new_tokens=24, **{name: value}).text
+    assert want != plain  # the penalty changes this answer, so a dropped one would show
+    assert ChatBlendIn(llm=TINY, max_tokens=24, **{name: value}).invoke(msgs[0]["content"]).text == want
+    chat = ChatBlendIn(llm=TINY, max_tokens=24)
+    assert chat.invoke("The quick brown fox", **{name: value}).text == want
+    assert "".join(c.text for c in chat.stream("The quick brown fox", **{name: value})) == want
+    assert chat.invoke("The quick brown fox").text == plain
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
+    ({"frequency_penalty": 2.5}, r"frequency_penalty must be a number in \[-2, 2\]"),
+    ({"presence_penalty": -3.0}, r"presence_penalty must be a number in \[-2, 2\]"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be an integer >= 0"),
+    ({"no_repeat_ngram_size": 2.0}, "no_repeat_ngram_size=2.0"),
+])
+def test_bad_penalties_are_config_errors_at_construction(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ChatBlendIn(llm=TINY, **kwargs)

@@ -363,3 +363,47 @@ def test_context_window_is_the_smallest_of_the_blend():
     assert blend.base.context_length == 256 and blend.context_window == 128
     assert BlendIn(llm=blend).metadata.context_window == 128
     assert BlendIn(llm=blend, context_window=100).metadata.context_window == 100
+# -- bad text ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["a\ud800b", "\udfff", "ok \ud83d"])
+@pytest.mark.parametrize("call", [
+    lambda m, t: m.complete(t),
+    lambda m, t: m.chat([ChatMessage(role=MessageRole.USER, content=t)]),
+    lambda m, t: list(m.stream_complete(t)),
+    lambda m, t: list(m.stream_chat([ChatMessage(role=MessageRole.SYSTEM, content=t),
+                                     ChatMessage(role=MessageRole.USER, content="hi")])),
+    lambda m, t: asyncio.run(m.acomplete(t)),
+])
+def test_lone_surrogates_are_a_prompt_error(text, call):
+    llm = BlendIn(llm=TINY, max_new_tokens=5)
+    with pytest.raises(PromptError, match="surrogate"):
+        call(llm, text)
+    assert llm.complete("Hello").text == BlendIn(llm=TINY, max_new_tokens=5).complete("Hello").text
+
+
+# -- penalties --------------------------------------------------------------------------------
+PENALTIES = [("repetition_penalty", 2.0), ("frequency_penalty", 2.0), ("presence_penalty", 2.0),
+             ("no_repeat_ngram_size", 1)]
+
+
+@pytest.mark.parametrize("name, value", PENALTIES)
+def test_penalties_reach_the_engine_as_fields_and_per_call(name, value):
+    msgs = [{"role": "user", "content": "The quick brown fox"}]
+    plain = TINY.generate(msgs, max_new_tokens=24).text
+    want = TINY.generate(msgs, max_new_tokens=24, **{name: value}).text
+    assert want != plain  # the penalty changes this answer, so a dropped one would show
+    assert BlendIn(llm=TINY, max_new_tokens=24, **{name: value}).chat(USER).message.content == want
+    llm = BlendIn(llm=TINY, max_new_tokens=24)
+    assert llm.complete("The quick brown fox", **{name: value}).text == want
+    assert "".join(r.delta for r in llm.stream_chat(USER, **{name: value})) == want
+    assert llm.chat(USER).message.content == plain
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
+    ({"frequency_penalty": 2.5}, r"frequency_penalty must be a number in \[-2, 2\]"),
+    ({"presence_penalty": -3.0}, r"presence_penalty must be a number in \[-2, 2\]"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be an integer >= 0"),
+])
+def test_bad_penalties_are_config_errors_at_construction(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        BlendIn(llm=TINY, **kwargs)

@@ -51,6 +51,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError
 _FRAMEWORK_KWARGS = frozenset({"stream", "structured_output_format"})
 # LangChain's names for the engine's options
 _RENAMED = {"max_tokens": "max_new_tokens"}
+_PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
 
 
 def _sampling_params(opts: dict[str, Any]) -> SamplingParams:
@@ -307,6 +308,18 @@ class ChatBlendIn(BaseChatModel):
     logprobs: bool = Field(default=False, strict=True, description="OpenAI-shaped log-probs in "
                            "response_metadata['logprobs']")
     top_logprobs: int = Field(default=0, strict=True, description="alternatives per token, 0-20")
+    repetition_penalty: float | None = Field(default=None, strict=True, description=(
+        "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
+        "probability raised to this power; None = the engine's default"))
+    frequency_penalty: float | None = Field(default=None, strict=True, description=(
+        "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much for each time it is already in the answer; None = the engine's default"))
+    presence_penalty: float | None = Field(default=None, strict=True, description=(
+        "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much once it is in the answer; None = the engine's default"))
+    no_repeat_ngram_size: int | None = Field(default=None, strict=True, description=(
+        "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
+        "in the answer; None = the engine's default"))
     strategy: str | None = Field(default=None, description="per-model override of the strategy")
     gamma: float | None = Field(default=None, strict=True, description="per-model override of gamma (>= 0)")
     alpha: float | Literal["auto"] | None = Field(
@@ -383,6 +396,9 @@ class ChatBlendIn(BaseChatModel):
         return {n: getattr(self, n) for n in ("strategy", "gamma", "alpha")
                 if getattr(self, n) is not None}
 
+    def _penalties(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in _PENALTIES if getattr(self, n) is not None}
+
     def _opts(self, stop: list[str] | None = None, call: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         """The one mapping from this model's settings and a call's arguments to the engine's
@@ -392,7 +408,7 @@ class ChatBlendIn(BaseChatModel):
             "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
             "stop": [*(self.stop or []), *(stop or [])],
             "logprobs": self.logprobs, "top_logprobs": self.top_logprobs,
-            **self._overrides(),
+            **self._penalties(), **self._overrides(),
         }
         for k, v in (call or {}).items():
             if k not in _FRAMEWORK_KWARGS and not k.startswith("ls_"):

@@ -155,6 +155,7 @@ def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
 
 # -- the LLM -----------------------------------------------------------------------------------
 _RENAMED = {"max_tokens": "max_new_tokens"}  # OpenAI's name for the engine's option
+_PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
 
 
 def _sampling_params(opts: dict[str, Any]) -> SamplingParams:
@@ -212,6 +213,18 @@ class BlendIn(FunctionCallingLLM):
                                       "replaces them)")
     logprobs: bool = Field(default=False, strict=True, description="log-probs on each response")
     top_logprobs: int = Field(default=0, strict=True, description="alternatives per token, 0-20")
+    repetition_penalty: Optional[float] = Field(default=None, strict=True, description=(
+        "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
+        "probability raised to this power; None = the engine's default"))
+    frequency_penalty: Optional[float] = Field(default=None, strict=True, description=(
+        "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much for each time it is already in the answer; None = the engine's default"))
+    presence_penalty: Optional[float] = Field(default=None, strict=True, description=(
+        "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+        "much once it is in the answer; None = the engine's default"))
+    no_repeat_ngram_size: Optional[int] = Field(default=None, strict=True, description=(
+        "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
+        "in the answer; None = the engine's default"))
     strategy: Optional[str] = Field(default=None, description="per-model override of the strategy")
     gamma: Optional[float] = Field(default=None, strict=True, description="per-model override of gamma (>= 0)")
     alpha: Optional[float | Literal["auto"]] = Field(
@@ -275,6 +288,7 @@ class BlendIn(FunctionCallingLLM):
             "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
             "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
             "logprobs": self.logprobs, "top_logprobs": self.top_logprobs,
+            **{n: getattr(self, n) for n in _PENALTIES if getattr(self, n) is not None},
             **self._overrides(),
         }
         for k, v in kwargs.items():
