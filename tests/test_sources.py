@@ -127,6 +127,9 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     from tiny import make_model, make_tokenizer
 
     tok = make_tokenizer()
+    # the GGUF tokenizer loader falls back to "<|endoftext|>" (GPT-2's default) when the file has
+    # no unknown token: give the vocabulary one, so the tokenizer and the model agree in size
+    tok.add_special_tokens({"unk_token": "<|endoftext|>"})
     model = make_model(tok, seed=seed)
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
@@ -142,6 +145,8 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     data = json.loads(tok.backend_tokenizer.to_str())["model"]
     tokens = sorted(data["vocab"], key=data["vocab"].get)
+    tokens += [t for t in tok.get_added_vocab() if t not in data["vocab"]]
+    assert len(tokens) == len(tok) == cfg.vocab_size
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
