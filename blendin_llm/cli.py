@@ -207,10 +207,16 @@ def generate(
     system: Optional[str] = typer.Option(None, help="system prompt"),
     as_json: bool = typer.Option(False, "--json", help="print the whole result as JSON"),
     trace: bool = typer.Option(False, help="show each token's source and alpha"),
+    repetition_penalty: float = typer.Option(1.0, help="transformers' repetition penalty (1 = off)"),
+    frequency_penalty: float = typer.Option(0.0, help="OpenAI's frequency penalty (0 = off)"),
+    presence_penalty: float = typer.Option(0.0, help="OpenAI's presence penalty (0 = off)"),
+    no_repeat_ngram_size: int = typer.Option(0, help="no n-gram of this size twice (0 = off)"),
 ) -> None:
     """Generate one blended answer and print its reliability report."""
     call = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                seed=seed, stop=stop, trace=trace)
+                seed=seed, stop=stop, trace=trace, repetition_penalty=repetition_penalty,
+                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size)
     with _errors():
         _check_text("the prompt", prompt, required=True)
         llm = _build(base, guide, strategy, gamma, alpha, system, call)

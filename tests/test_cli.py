@@ -259,3 +259,26 @@ def test_an_unexpected_failure_is_one_line_with_exit_1(monkeypatch, capsys):
     assert exit_.value.code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: RuntimeError: boom"), err
+
+
+def test_penalty_options_reach_the_engine_and_are_checked_first(model_dirs, unloadable):
+    from blendin_llm import BlendedLLM
+
+    base, guide = model_dirs
+    args = ["generate", "hello there", "--base", str(base), "--guide", str(guide), "-n", "16",
+            "--json"]
+    llm = BlendedLLM(str(base), [str(guide)])
+    plain = llm.generate("hello there", max_new_tokens=16).token_ids
+    for opt, val, kw in (("--no-repeat-ngram-size", "1", dict(no_repeat_ngram_size=1)),
+                         ("--repetition-penalty", "3", dict(repetition_penalty=3.0))):
+        r = runner.invoke(app, [*args, opt, val])
+        assert r.exit_code == 0, r.output
+        want = llm.generate("hello there", max_new_tokens=16, **kw)
+        assert want.token_ids != plain  # so a dropped option would show
+        assert json.loads(r.stdout)["token_ids"] == want.token_ids
+    line = _one_error_line(_blendin("generate", "hi", "--base", str(unloadable),
+                                    "--repetition-penalty", "0"))
+    assert "repetition_penalty must be" in line
+    line = _one_error_line(_blendin("generate", "hi", "--base", str(unloadable),
+                                    "--no-repeat-ngram-size", "-1"))
+    assert "no_repeat_ngram_size must be" in line
