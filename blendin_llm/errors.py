@@ -54,3 +54,29 @@ class DatasetError(BlendInError, ValueError):
 
 class EvalError(BlendInError, RuntimeError):
     """An evaluation run cannot proceed as asked (output not writable, mismatched resume, ...)."""
+
+
+def settings_error(owner: str, errors: list[dict], arguments: str) -> ConfigError:
+    """A pydantic validation error on a framework face's constructor, as a ``ConfigError`` that
+    names each bad or unknown argument; ``arguments`` lists the accepted ones for the hint shown
+    when an argument is unknown. Used by both faces, so they word the same mistake the same way.
+
+    Args:
+        owner: the class being built, e.g. "ChatBlendIn".
+        errors: ``ValidationError.errors()``.
+        arguments: what the class accepts, shown after an unknown argument.
+
+    Returns:
+        The ConfigError to raise.
+    """
+    parts = []
+    for err in errors:
+        field = ".".join(str(x) for x in err["loc"]) or "arguments"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown argument {field}={err['input']!r}")
+        else:
+            parts.append(f"{field}={err['input']!r}: {err['msg']}")
+    msg = f"{owner}: {'; '.join(parts)}"
+    if any(err["type"] == "extra_forbidden" for err in errors):
+        msg += f" (its arguments: {arguments})"
+    return ConfigError(msg)

@@ -13,7 +13,12 @@ from typing import Any, Literal
 import jsonschema
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
 from blendin_llm.config import SamplingParams
-from blendin_llm.errors import ConfigError, GenerationArgumentError, PromptError
+from blendin_llm.errors import (
+    ConfigError,
+    GenerationArgumentError,
+    PromptError,
+    settings_error,
+)
 from blendin_llm.sources import DEFAULT_GUIDE
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import OutputParserException
@@ -253,18 +258,8 @@ def _as_parser_error(parser: Runnable) -> Runnable:
 
 def _settings_error(e: ValidationError) -> ConfigError:
     """A pydantic error on the constructor's arguments, as the library's ConfigError."""
-    parts = []
-    for err in e.errors():
-        field = ".".join(str(x) for x in err["loc"]) or "arguments"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown argument {field}={err['input']!r}")
-        else:
-            parts.append(f"{field}={err['input']!r}: {err['msg']}")
-    msg = f"ChatBlendIn: {'; '.join(parts)}"
-    if any(err["type"] == "extra_forbidden" for err in e.errors()):
-        own = sorted(set(ChatBlendIn.model_fields) - set(BaseChatModel.model_fields))
-        msg += f" (its arguments: {', '.join(own)}, and LangChain's callbacks, tags, metadata, ...)"
-    return ConfigError(msg)
+    own = sorted(set(ChatBlendIn.model_fields) - set(BaseChatModel.model_fields))
+    return settings_error("ChatBlendIn", e.errors(), f"{', '.join(own)}, and LangChain's callbacks, tags, metadata, ...")
 
 
 # -- the model ---------------------------------------------------------------------------------

@@ -17,7 +17,12 @@ from typing import Any, Literal, Optional
 
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
 from blendin_llm.config import SamplingParams
-from blendin_llm.errors import ConfigError, GenerationArgumentError, PromptError
+from blendin_llm.errors import (
+    ConfigError,
+    GenerationArgumentError,
+    PromptError,
+    settings_error,
+)
 from blendin_llm.sources import DEFAULT_GUIDE
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
@@ -170,19 +175,8 @@ def _sampling_params(opts: dict[str, Any]) -> SamplingParams:
 
 def _settings_error(e: ValidationError) -> ConfigError:
     """A pydantic error on the constructor's arguments, as the library's ConfigError."""
-    parts = []
-    for err in e.errors():
-        field = ".".join(str(x) for x in err["loc"]) or "arguments"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown argument {field}={err['input']!r}")
-        else:
-            parts.append(f"{field}={err['input']!r}: {err['msg']}")
-    msg = f"BlendIn: {'; '.join(parts)}"
-    if any(err["type"] == "extra_forbidden" for err in e.errors()):
-        own = sorted(set(BlendIn.model_fields) - set(FunctionCallingLLM.model_fields))
-        msg += (f" (its arguments: llm, model, base, guides, config, {', '.join(own)}, and "
-                "LlamaIndex's callback_manager, system_prompt, ...)")
-    return ConfigError(msg)
+    own = sorted(set(BlendIn.model_fields) - set(FunctionCallingLLM.model_fields))
+    return settings_error("BlendIn", e.errors(), f"llm, model, base, guides, config, {', '.join(own)}, and LlamaIndex's callback_manager, system_prompt, ...")
 
 
 class BlendIn(FunctionCallingLLM):
