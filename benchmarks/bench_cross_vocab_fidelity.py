@@ -152,8 +152,9 @@ def table(log: list[dict]) -> str:
         ("mean common prefix / reference length",
          f"{statistics.mean(r['prefix'] / max(1, len(r['reference'])) for r in log):.3f}"),
     ]
-    for k in FIRST_N:
-        same = sum(r["reference"][:k] == r["pair"][:k] for r in log)
+    for k in FIRST_N:  # (a reference cut by its budget before k chars counts as far as it goes)
+        same = sum(r["reference"][:k] == r["pair"][:k if r["reference_ended"] else
+                                                      min(k, len(r["reference"]))] for r in log)
         rows.append((f"identical in the first {k} chars", f"{same}/{n} ({100 * same / n:.0f} %)"))
     w = max(len(a) for a, _ in rows)
     return "\n".join(f"| {a:<{w}} | {b} |" for a, b in rows)
