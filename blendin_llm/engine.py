@@ -1,5 +1,9 @@
-"""The decoding loop. ``Generation`` holds all per-sequence state; ``Generation.events()`` is the
-stream of steps that ``BlendedLLM.stream`` and ``BlendedLLM.generate`` consume.
+"""The decoding loop. ``Generation`` holds all per-sequence state; ``Generation.run()`` is its
+stream of steps, written as a coroutine: it yields what it needs from outside (``Forward``: run a
+model on some tokens; ``Fetch``: read a tensor back to the host) and the ``StreamEvent``s it makes.
+A driver answers the requests: ``Generation.events()`` answers one sequence's requests one by one;
+the scheduler (``blendin_llm.scheduler``) answers the requests of many sequences together, one
+batched forward pass per model and one host read per round, which is continuous batching.
 
 Per step: the base gives its next-token distribution (its KV cache grows by one token). The strategy
 decides from the base's top-1 probability whether to consult the guides. A consulted guide first
@@ -32,6 +36,43 @@ from .vocab import GuideStream, VocabMap, common_prefix, complete_utf8
 _EPS = 1e-20
 
 
+class Forward(NamedTuple):
+    """A request to run ``backend`` on ``ids`` (appended to ``state``); the answer is the logits of
+    the last ``n_last`` positions (``ModelBackend.forward``). ``step``: the base's forward that
+    starts a decoding step; a batching driver runs these together, once every sequence got there."""
+
+    backend: ModelBackend
+    state: SequenceState
+    ids: list[int]
+    n_last: int = 1
+    step: bool = False
+
+
+class Fetch(NamedTuple):
+    """A request to read a 1-D tensor back to the host; the answer is ``tensor.tolist()``. A
+    batching driver reads the tensors of every sequence at once (one device sync per round)."""
+
+    tensor: torch.Tensor
+
+
+def answer(item: Forward | Fetch) -> Any:
+    """The answer to one request, computed alone (no batching)."""
+    if isinstance(item, Fetch):
+        return item.tensor.tolist()
+    return item.backend.forward(item.state, item.ids, item.n_last)
+
+
+def complete(steps: Iterator) -> Any:
+    """Run a coroutine of requests (e.g. a guide's ``probs``) to its return value, answering each
+    request alone."""
+    try:
+        item = next(steps)
+        while True:
+            item = steps.send(answer(item))
+    except StopIteration as stop:
+        return stop.value
+
+
 class _Guide:
     """A guide that shares the base's vocabulary: it consumes the committed token ids themselves.
 
@@ -49,10 +90,10 @@ class _Guide:
     def push(self, token: int) -> None:
         self.pending.append(token)
 
-    def probs(self, answer_text: str, width: int) -> tuple[torch.Tensor, int]:
+    def probs(self, answer_text: str, width: int) -> Iterator:
         """Catch up on everything not seen yet; (distribution over base ids [width], tokens run)."""
         n = len(self.pending)
-        logits = self.backend.forward(self.state, self.pending)
+        logits = yield Forward(self.backend, self.state, self.pending)
         self.pending = []
         probs = torch.softmax(logits, -1)
         if probs.shape[0] > width:  # ids past the base's width are padding: renormalise without
@@ -99,7 +140,8 @@ class _CrossVocabGuide:
         b = self.vmap.base_bytes
         self.committed += (b[token] if token < len(b) else None) or b""
 
-    def probs(self, answer_text: str, width: int) -> tuple[torch.Tensor, int]:
+    def probs(self, answer_text: str, width: int) -> Iterator:
+        """(distribution over base ids [width], tokens run), as a coroutine (see ``Forward``)."""
         data = bytes(self.committed)  # with bytes that do not make a whole character (yet)
         if not data.decode("utf-8", "replace").startswith(answer_text):
             data = answer_text.encode()  # a decoder that is more than the tokens' bytes
@@ -117,7 +159,7 @@ class _CrossVocabGuide:
         if rest and self.end is not None:
             t, inside = vm.reading(self.end, rest)
             if inside:  # the text ends inside the guide's likely token: nothing to fix yet
-                return self._inside(rest, width)
+                return (yield from self._inside(rest, width))
             if t >= 0:
                 first, rest = [t], rest[len(vm._g_bytes[t]):]
         tail = self._encode(rest)
@@ -129,7 +171,7 @@ class _CrossVocabGuide:
         new_path = self.path + first + tail[:fixed]
         wanted = self.prompt + new_path + tail[fixed:]
         n_last = len(tail) - fixed + 1 if tail else 1  # rows: the end of the new path .. the last
-        logits, ran = self._run(wanted, n_last)
+        logits, ran = yield from self._run(wanted, n_last)
         rows = torch.softmax(logits.reshape(n_last, -1), -1)
         if tail:
             self.last = vm.project_healed(rows[-2], rows[-1], tail[-1], width)
@@ -139,13 +181,13 @@ class _CrossVocabGuide:
         self.path, self.end = new_path, rows[0]
         return self.last, ran
 
-    def _inside(self, rest: bytes, width: int) -> tuple[torch.Tensor, int]:
+    def _inside(self, rest: bytes, width: int) -> Iterator:
         """The committed ``rest`` after the path ends inside the guide's likely next token."""
         exact = self.vmap.guide_token(rest)
         if exact is None:
             self.last = self.vmap.project_extensions(self.end, rest, width)
             return self.last, 0
-        logits, ran = self._run(self.prompt + self.path + [exact], 1)
+        logits, ran = yield from self._run(self.prompt + self.path + [exact], 1)
         self.last = self.vmap.project_healed(self.end, torch.softmax(logits, -1), exact, width)
         return self.last, ran
 
@@ -171,7 +213,7 @@ class _CrossVocabGuide:
     def _bytes(self, ids: list[int]) -> bytes:
         return b"".join(self.vmap._g_bytes[i] or b"" for i in ids)
 
-    def _run(self, wanted: list[int], n_last: int) -> tuple[torch.Tensor, int]:
+    def _run(self, wanted: list[int], n_last: int) -> Iterator:
         """Bring the cache to ``wanted`` (rolling back what differs); (the logits of its last
         ``n_last`` positions, recomputed where they are cached already; tokens run)."""
         keep = common_prefix(self.state.tokens, wanted)
@@ -179,7 +221,8 @@ class _CrossVocabGuide:
         if start < len(self.state):
             self.backend.rollback(self.state, start)
         new = wanted[start:]
-        return self.backend.forward(self.state, new, n_last), len(new)
+        logits = yield Forward(self.backend, self.state, new, n_last)
+        return logits, len(new)
 
 
 @dataclass
@@ -308,16 +351,15 @@ class Generation:
         # (top agreement_top_k) and greedy decoding (top 1)
         self.top_k = min(max(NEGENTROPY_K, config.agreement_top_k), self.vocab)
 
-    # -- one step (no yield inside, so inference mode never leaks to the caller) ---------------
-    @torch.inference_mode()
-    def _advance(self, last_token: int | None, text_grew: bool = True) -> None:
+    # -- one step (the driver runs the coroutine under inference mode) ------------------------
+    def _advance(self, last_token: int | None, text_grew: bool = True) -> Iterator:
         if last_token is None:
             ids = self.base_prompt
         elif self.healing:
             ids = self._heal(last_token, text_grew)
         else:
             ids = [last_token]
-        self._base_logits = self.base.forward(self.base_state, ids)
+        self._base_logits = yield Forward(self.base, self.base_state, ids, step=True)
         if last_token is not None:
             for g in self.guides:
                 g.push(last_token)
@@ -339,24 +381,23 @@ class Generation:
             self.base.rollback(self.base_state, p + keep)
         return wanted[keep:]
 
-    @torch.inference_mode()
-    def _choose(self) -> _Choice:
+    def _choose(self) -> Iterator:
         """Choose the next token. The one place where the final log-distribution exists: the
         base's log-probs, or the strategy's blend when the guides were consulted, then the
         penalties (``self.processors``); the token is its argmax, or a draw with this step's
         uniform (``SeedStream``), and ``self.final_logdist`` keeps it for observers."""
         logp = torch.log_softmax(self._base_logits, -1)
         top_v, top_i = torch.topk(logp, self.top_k)
-        # one device sync: the base's top-k log-probs (uncertainty features, agreement) and its
-        # top token
-        head = torch.cat([top_v, top_i[:1].to(top_v.dtype)]).tolist()
+        # one device sync (shared by the batch): the base's top-k log-probs (uncertainty
+        # features, agreement) and its top token
+        head = yield Fetch(torch.cat([top_v, top_i[:1].to(top_v.dtype)]))
         base_top = head[:min(NEGENTROPY_K, self.top_k)]
         base_top1 = math.exp(head[0])
         top_lp, top_id = top_v[0], top_i[0]
         mix = None
         if self.guides and self.strategy.consult(base_top1):
             if self.cap is None or self.tracker.interventions < self.cap * (self.tracker.tokens + 1):
-                mix = self._mix(logp, top_lp)
+                mix = yield from self._mix(logp, top_lp)
             else:
                 self.capped += 1
         procs = self.processors
@@ -386,16 +427,15 @@ class Generation:
                 row = torch.stack([tok.to(logd.dtype), logd[tok], logp[tok]])
                 if procs:  # the penalties made the final distribution differ from the base's
                     row = torch.cat([row, torch.topk(logd, len(base_top)).values])
-                vals = row.tolist()
+                vals = yield Fetch(row)
                 token, lp, base_lp = vals[:3]
                 c = _Choice(int(token), math.exp(lp), math.exp(base_lp), base_top1,
                             consulted=False, base_top=base_top, base_lp=base_lp, lp=lp,
                             final_top=vals[3:] if procs else None)
         else:
-            c = self._consulted(tok, mix, logd, logp, top_i, base_top1, base_top)
-            c.steered = own is not None and c.token != int(own)
+            c = yield from self._consulted(tok, mix, logd, logp, top_i, base_top1, base_top, own)
         if self.top_logprobs is not None:
-            c.logprob = self._logprob(logd, c.token)
+            c.logprob = yield from self._logprob(logd, c.token)
         for p in procs:
             p.push(c.token)
         return c
@@ -411,24 +451,24 @@ class Generation:
         own = apply_processors(procs, logp) if procs else logp
         return own.argmax() if u is None else sample(own, self.params, u)
 
-    def _logprob(self, logdist: torch.Tensor, token: int) -> TokenLogprob:
+    def _logprob(self, logdist: torch.Tensor, token: int) -> Iterator:
         """The chosen token's log-prob in the final distribution, and the top alternatives."""
         pieces = self.base.token_pieces()
         k = min(self.top_logprobs, logdist.shape[0])
         vals, ids = torch.topk(logdist, k) if k else (logdist[:0], logdist[:0].long())
-        row = torch.cat([logdist[token].reshape(1), vals]).tolist()
+        row = yield Fetch(torch.cat([logdist[token].reshape(1), vals, ids.to(vals.dtype)]))
         return TokenLogprob(
             token=pieces[token][0], bytes=pieces[token][1], logprob=row[0],
-            top_logprobs=[TopLogprob(token=pieces[i][0], bytes=pieces[i][1], logprob=v)
-                          for i, v in zip(ids.tolist(), row[1:])],
+            top_logprobs=[TopLogprob(token=pieces[int(i)][0], bytes=pieces[int(i)][1], logprob=v)
+                          for i, v in zip(row[1 + k:], row[1:1 + k])],
         )
 
-    def _mix(self, logp: torch.Tensor, top_lp: torch.Tensor) -> _Mix:
+    def _mix(self, logp: torch.Tensor, top_lp: torch.Tensor) -> Iterator:
         """Consult the guides and blend their distributions with the base's."""
         p_base = logp.exp()
         guide_probs = []
         for g in self.guides:
-            probs, ran = g.probs(self.answer_text, self.vocab)
+            probs, ran = yield from g.probs(self.answer_text, self.vocab)
             guide_probs.append(probs)
             self.guide_tokens += ran
         guide_probs = torch.stack(guide_probs)
@@ -439,9 +479,10 @@ class Generation:
         return _Mix(mixed, p_base, guide_probs, alphas, g_top1, g_arg)
 
     def _consulted(self, tok: torch.Tensor, mix: _Mix, logd: torch.Tensor, logp: torch.Tensor,
-                   top_i: torch.Tensor, base_top1: float, base_top: list[float]) -> _Choice:
+                   top_i: torch.Tensor, base_top1: float, base_top: list[float],
+                   own: torch.Tensor | None) -> Iterator:
         """The choice at a consulted step, with the guides' signals for the reliability record
-        (read back in one transfer)."""
+        (read back in one transfer); ``own``: the base's own choice, when it matters."""
         mixed, p_base, guide_probs, alphas, g_top1, g_arg = mix
         top_id = top_i[0]
         base_topk = top_i[: min(self.config.agreement_top_k, self.top_k)]
@@ -451,8 +492,11 @@ class Generation:
         prob = logd[tok].exp() if self.processors else mixed[tok]
         head = torch.stack([tok.to(p_base.dtype), prob, p_base[tok], guide_probs[:, tok].mean()])
         final_top = torch.topk(logd, len(base_top)).values
-        # one device sync for the step's numbers
-        stats = torch.cat([head, alphas, g_top1, agree1, agreek, js, final_top]).tolist()
+        own_t = (own if own is not None else tok).to(p_base.dtype).reshape(1)
+        # one device sync for the step's numbers (shared by the batch)
+        stats = yield Fetch(torch.cat([head, alphas, g_top1, agree1, agreek, js, final_top,
+                                       own_t]))
+        own_id = int(stats.pop())
         n = len(self.guides)
         token, prob, base_prob, guide_prob = stats[:4]
         cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
@@ -460,22 +504,42 @@ class Generation:
         return _Choice(int(token), prob, base_prob, base_top1, consulted=True,
                        alpha=sum(cols[0]) / n, guide_prob=guide_prob, base_top=base_top,
                        final_top=stats[4 + 5 * n:], base_lp=math.log(max(base_prob, 1e-30)),
-                       lp=math.log(max(prob, 1e-30)))
+                       lp=math.log(max(prob, 1e-30)),
+                       steered=own is not None and int(token) != own_id)
 
     # -- the stream --------------------------------------------------------------------------
     def events(self) -> Iterator[StreamEvent]:
+        """This sequence's events, decoded alone (its requests answered one by one)."""
+        steps = self.run()
+        try:
+            while True:
+                with torch.inference_mode():
+                    item = steps.send(None)
+                    while not isinstance(item, StreamEvent):
+                        item = steps.send(answer(item))
+                yield item
+                if item.done:
+                    return
+        except StopIteration:
+            return
+        finally:
+            steps.close()
+
+    def run(self) -> Iterator:
+        """The decoding coroutine: yields ``Forward`` and ``Fetch`` requests (send the answer
+        back) and ``StreamEvent``s (send None); the last event has ``done=True``."""
         t0 = time.perf_counter()
         finish, stop_seq, ended = "length", None, False
         text_parts: list[str] = []
         logprobs: list[TokenLogprob] | None = [] if self.top_logprobs is not None else None
         tracker, trace = self.tracker, self.tracker.trace
         lead = self.stops.push(self.prefix)[0] if self.prefix else ""  # released with token 1
-        self._advance(None)
+        yield from self._advance(None)
         starts: list[int] = []  # where each token's text starts in the decoded text
         answer_end: int | None = None  # where the answer ends in it (a stop string starts)
         eos_end = False  # the answer's last token is an EOS
         for index in range(self.budget):
-            c = self._choose()
+            c = yield from self._choose()
             self.generated.append(c.token)
             tracker.step(c.base_top, c.base_lp, c.final_top, c.lp)
             starts.append(len(self.answer_text))
@@ -514,7 +578,7 @@ class Generation:
                 break
             if index + 1 < self.budget:
                 self.healing = self.healing or c.steered
-                self._advance(c.token, bool(delta))
+                yield from self._advance(c.token, bool(delta))
 
         tail = lead
         if not ended:  # release what was held back (an incomplete character, a stop prefix)

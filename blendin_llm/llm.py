@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Union
@@ -14,6 +15,7 @@ from .backends.base import ModelBackend
 from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
+from .scheduler import Request, Scheduler
 from .mitigation import GuideMonitor
 from .errors import (
     BusyError,
@@ -86,11 +88,16 @@ class BlendedLLM:
     same-tokenizer guides on the fast path (shared token ids); "always" sends every guide through
     the cross-vocabulary path (for testing and comparison).
 
-    One instance may be shared by many threads and by many open streams: calls take turns one
-    decoding step at a time (each owns its own caches), and each gives exactly the output it would
-    give alone. A stream that is partly read holds nothing while its reader is away. Waiting for a
-    turn is bounded by ``lock_timeout`` seconds (default 300: far longer than one step, even one
-    that reads a long prompt), after which the call raises ``BusyError``.
+    One instance may be shared by many threads, asyncio tasks and open streams: their calls decode
+    together in one running batch (continuous batching, ``blendin_llm.scheduler``). A call joins at
+    the next step and leaves when it is done, so a short answer never waits for a long one; at most
+    ``max_batch_size`` calls decode at once and the others wait in arrival order. Each call gives
+    the output it would give alone (same tokens; floats equal up to rounding, about 1e-6 in
+    float32). A stream that is partly read holds one row and its events wait for the reader.
+    ``lock_timeout`` seconds (default 300) bound every wait: for a row, for the next token, for the
+    models; past it the call raises ``BusyError``. Prompts that share a start (a system prompt,
+    few-shot exemplars) reuse its computed keys and values (``prefix_cache_tokens`` per model, LRU;
+    0 turns it off).
     """
 
     def __init__(
@@ -102,6 +109,8 @@ class BlendedLLM:
         name: str | None = None,
         cross_vocab: str = "auto",
         lock_timeout: float = 300.0,
+        max_batch_size: int = 16,
+        prefix_cache_tokens: int = 4096,
     ) -> None:
         self.config = config if config is not None else BlendConfig()
         if not isinstance(self.config, BlendConfig):
@@ -123,6 +132,21 @@ class BlendedLLM:
         # shared by every call; each call's own state (KV caches, sampler) is its own
         self._lock = threading.Lock()
         self.guide_monitor = GuideMonitor([g.name for g in self.guides])
+        for label, n in (("max_batch_size", max_batch_size),
+                         ("prefix_cache_tokens", prefix_cache_tokens)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < (label == "max_batch_size"):
+                raise ConfigError(f"{label} must be an int >= {int(label == 'max_batch_size')}, "
+                                  f"got {n!r}")
+        for m in (self.base, *self.guides):
+            cache = getattr(m, "prefix_cache", None)
+            if cache is not None:
+                cache.max_tokens = prefix_cache_tokens
+        self.scheduler = Scheduler(self._lock, max_batch_size, name=self.name)
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most calls decoding at once (the others wait in arrival order)."""
+        return self.scheduler.max_batch_size
 
     @classmethod
     def from_profile(cls, path: Any, base: ModelLike | None = None,
@@ -289,6 +313,40 @@ class BlendedLLM:
         ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
         instance's BlendConfig for this call only.
         """
+        return self._events(*self._start(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, seed=seed, stop=stop, trace=trace, ignore_eos=ignore_eos, tools=tools,
+            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format, logprobs=logprobs, top_logprobs=top_logprobs,
+            repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            **config_overrides))
+
+    def _start(
+        self,
+        prompt: PromptLike,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        trace: bool = False,
+        ignore_eos: bool = False,
+        tools: Sequence[dict] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool = False,
+        response_format: dict | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        no_repeat_ngram_size: int = 0,
+        **config_overrides: Any,
+    ) -> tuple[Generation, list[bool]]:
+        """Check a call's arguments and make its ``Generation`` (see ``stream``)."""
         for flag, value in (("trace", trace), ("logprobs", logprobs),
                             ("parallel_tool_calls", parallel_tool_calls)):
             if not isinstance(value, bool):
@@ -304,68 +362,75 @@ class BlendedLLM:
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(config_overrides)
-        gen, active = self._prepare(
+        return self._prepare(
             prompt, params, config, trace, tools, tool_choice, response_format,
             parallel_tool_calls,
         )
-        return self._locked(gen, active)
 
-    def _locked(self, gen: Generation, active: list[bool]) -> Iterator[StreamEvent]:
-        """``gen``'s events, each step computed while holding the models (``_turn``) and yielded
-        after letting go, so a reader that keeps a stream open holds nothing."""
-        events = gen.events()
+    def _submit(self, gen: Generation, active: list[bool], sink: Any) -> Request:
+        """Hand ``gen`` to the scheduler; its events go to ``sink``."""
+        def finished(event: StreamEvent) -> None:  # on the decoding thread, before the caller
+            self.guide_monitor.observe(event.result.reliability, gen.config.mitigation, active)
+
+        return self.scheduler.submit(gen, sink, finished)
+
+    def _busy(self, what: str) -> BusyError:
+        return BusyError(
+            f"waited {self.lock_timeout:g} s for {what} at the models of {self.name!r}: "
+            f"{self.scheduler.running} calls are decoding and {self.scheduler.queued} waiting "
+            f"(max_batch_size={self.max_batch_size}); retry, send fewer calls at a time, or raise "
+            "BlendedLLM(lock_timeout=...)"
+        )
+
+    def _events(self, gen: Generation, active: list[bool]) -> Iterator[StreamEvent]:
+        """``gen``'s events as the scheduler makes them. Closing the stream (or dropping it)
+        frees its row at the next step."""
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        req = self._submit(gen, active, lambda event, error: inbox.put((event, error)))
         try:
             while True:
-                with self._turn():
-                    event = next(events, None)
-                if event is None:
-                    return
-                if event.done:
-                    self.guide_monitor.observe(event.result.reliability, gen.config.mitigation,
-                                               active)
-                yield event
-        finally:
-            events.close()
-
-    async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        """``stream`` for asyncio: decoding runs in a worker thread, so the event loop keeps
-        running between tokens. Leaving the loop early (or cancelling) stops the decoding at the
-        next token and frees the instance."""
-        events = self.stream(prompt, **kwargs)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
-
-        def put(item: tuple) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is listening any more
-                stop.set()
-
-        def produce() -> None:
-            try:
-                for event in events:
-                    put((event, None))
-                    if stop.is_set():
-                        break
-                else:
-                    put((None, None))
-            except BaseException as e:  # handed to the consumer
-                put((None, e))
-            finally:
-                events.close()
-
-        threading.Thread(target=produce, name="blendin-astream", daemon=True).start()
-        try:
-            while True:
-                event, error = await queue.get()
+                try:
+                    event, error = inbox.get(timeout=self.lock_timeout)
+                except queue.Empty:
+                    raise self._busy("a row" if req.admitted is None else "the next token")
                 if error is not None:
                     raise error
-                if event is None:
-                    return
                 yield event
+                if event.done:
+                    return
         finally:
-            stop.set()
+            req.cancel()
+
+    async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        """``stream`` for asyncio: the call joins the same running batch; the event loop keeps
+        running while it decodes. Leaving the loop early (or cancelling) frees its row at the next
+        step."""
+        gen, active = await asyncio.to_thread(self._start, prompt, **kwargs)
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        req: Request | None = None
+
+        def sink(event: StreamEvent | None, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, (event, error))
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                if req is not None:
+                    req.cancel()
+
+        req = self._submit(gen, active, sink)
+        try:
+            while True:
+                try:
+                    event, error = await asyncio.wait_for(inbox.get(), self.lock_timeout)
+                except asyncio.TimeoutError:
+                    raise self._busy("a row" if req.admitted is None else "the next token")
+                if error is not None:
+                    raise error
+                yield event
+                if event.done:
+                    return
+        finally:
+            req.cancel()
 
     async def agenerate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
         """``generate`` for asyncio (see ``astream``)."""
@@ -374,6 +439,41 @@ class BlendedLLM:
             result = event.result
         assert result is not None
         return result
+
+    def generate_batch(self, prompts: Sequence[PromptLike], **kwargs: Any) -> list[BlendResult]:
+        """Generate answers to many prompts at once, decoded together in the running batch;
+        results in the order of ``prompts``. Same keyword arguments as ``stream`` (one set for
+        all). Every prompt is checked before any decoding starts.
+
+        Args:
+            prompts: prompts (strings or message lists).
+            **kwargs: as for ``stream``.
+
+        Returns:
+            One ``BlendResult`` per prompt, in order.
+        """
+        if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
+            raise PromptError("generate_batch takes a list of prompts (use generate for one)")
+        started = [self._start(p, **kwargs) for p in prompts]
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        reqs = [self._submit(gen, active,
+                             lambda event, error, i=i: event is not None and not event.done
+                             or inbox.put((i, event, error)))
+                for i, (gen, active) in enumerate(started)]
+        results: list[BlendResult | None] = [None] * len(reqs)
+        try:
+            for _ in reqs:
+                try:
+                    i, event, error = inbox.get(timeout=self.lock_timeout)
+                except queue.Empty:
+                    raise self._busy("an answer")
+                if error is not None:
+                    raise error
+                results[i] = event.result
+        finally:
+            for r in reqs:
+                r.cancel()
+        return results  # type: ignore[return-value]
 
     def generate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
         """Generate a whole answer; same arguments as ``stream``."""

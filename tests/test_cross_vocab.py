@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, SamplingParams
-from blendin_llm.engine import _CrossVocabGuide
+from blendin_llm.engine import _CrossVocabGuide, complete
 from blendin_llm.backends import TransformersBackend
 from blendin_llm.vocab import GuideStream, VocabMap, token_bytes
 
@@ -125,7 +125,7 @@ def test_guide_reads_the_answer_in_tokens_it_would_write_itself(tok, sp_tok):
             continue
         path, head, end = list(g.path), g.head, g.end
         with torch.inference_mode():
-            probs, ran = g.probs(prefix, len(sp_tok))
+            probs, ran = complete(g.probs(prefix, len(sp_tok)))
         consults += 1
         assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
         assert b"".join(gb[t] for t in g.path) == g.head and prefix.encode().startswith(g.head)
@@ -164,11 +164,11 @@ def test_text_ending_inside_the_guides_likely_token_is_healed_then_kept_as_its_t
     prompt = tok(PROMPT).input_ids
     g = _CrossVocabGuide(guide, prompt, vm)
     with torch.inference_mode():
-        g.probs("", len(sp_tok))
+        complete(g.probs("", len(sp_tok)))
         g.end = torch.full_like(g.end, 0.1 / g.end.shape[0])
         g.end[word] += 0.9  # the guide's next token is almost surely ``word``
         for n in (2, 3):
-            probs, ran = g.probs(text[:n], len(sp_tok))
+            probs, ran = complete(g.probs(text[:n], len(sp_tok)))
             assert g.path == [] and g.head == b""
             exact = vm.guide_token(text[:n].encode())
             ref = vm.project_extensions(g.end, text[:n].encode(), len(sp_tok)) if exact is None \
@@ -177,7 +177,7 @@ def test_text_ending_inside_the_guides_likely_token_is_healed_then_kept_as_its_t
             torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
             rest = vm.base_token_for(gb[word][n:])[0]
             assert probs.argmax().item() == rest  # the rest of the guide's word comes next
-        probs, ran = g.probs(text, len(sp_tok))
+        probs, ran = complete(g.probs(text, len(sp_tok)))
     assert g.path == [word] and ran == 1
     after = guide.model(torch.tensor([prompt + [word]])).logits[0, -1].float().softmax(-1)
     torch.testing.assert_close(probs, vm.project(after, len(sp_tok)), atol=1e-5, rtol=1e-4)
@@ -210,12 +210,12 @@ def test_after_an_intervention_the_base_reads_the_answer_in_its_own_tokens(tok, 
     canonical = sp_tok(text, add_special_tokens=False).input_ids
     split = [sp_tok.convert_tokens_to_ids(c) for c in "the\u2581quick\u2581brown\u2581fox\u2581"]
     split += sp_tok(" 😀 jumps", add_special_tokens=False).input_ids[1:] + [sp_tok.convert_tokens_to_ids(c) for c in ("\u2581",)]
-    gen._advance(None)
+    complete(gen._advance(None))
     gen.healing = True  # as after the first blended step
     for t in split:
         delta = gen.detok.push(t)
         gen.answer_text += delta
-        gen._advance(t, bool(delta))
+        complete(gen._advance(t, bool(delta)))
     assert gen.base_heals > 0
     p = len(gen.base_prompt)
     assert gen.base_state.tokens[p:] == sp_tok(gen.answer_text, add_special_tokens=False).input_ids

@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+from conftest import same_numbers
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, ReliabilityConfig
 
@@ -73,7 +74,7 @@ def test_concurrent_threads_give_sequential_results(make_llm):
     for t in threads:
         t.join()
     assert [r.token_ids for r in results] == [r.token_ids for r in sequential]
-    assert [r.reliability for r in results] == [r.reliability for r in sequential]
+    assert all(same_numbers(r.reliability, s.reliability) for r, s in zip(results, sequential))
 
 
 def test_abandoned_stream_releases_the_model(make_llm):
@@ -189,7 +190,7 @@ def test_interleaved_streams_give_their_solo_outputs(make_llm, kw):
                     finals[i] = e.result
     for f, t, ref in zip(finals, texts, solo):
         assert f.token_ids == ref.token_ids and t == ref.text
-        assert f.reliability == ref.reliability
+        assert same_numbers(f.reliability, ref.reliability)
     assert solo[0].reliability.interventions > 0  # the guide took part
 
 

@@ -112,6 +112,13 @@ class ModelBackend(ABC):
         token that follows (with ``n_last > 1``: [n_last, logits_width] for the last ``n_last``
         positions, ``n_last <= len(ids)``). Cached positions are never recomputed."""
 
+    def forward_batch(self, states: list[SequenceState], ids: list[list[int]],
+                      n_last: list[int]) -> list[torch.Tensor]:
+        """``forward`` for several sequences at once (continuous batching): one result per
+        sequence, each exactly what ``forward`` gives for it. This default runs them one by one;
+        a backend that can share a pass among sequences overrides it."""
+        return [self.forward(s, i, n) for s, i, n in zip(states, ids, n_last)]
+
     @abstractmethod
     def rollback(self, state: SequenceState, length: int) -> None:
         """Forget everything after the first ``length`` tokens of the state."""

@@ -14,6 +14,7 @@ import torch
 from ..config import ModelSpec
 from ..errors import ModelLoadError
 from .base import ModelBackend, SequenceState
+from .kv import KVBatch, PrefixCache, Slot, own_row
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -72,6 +73,9 @@ class TransformersBackend(ModelBackend):
         )
         self._width = int(model.get_output_embeddings().weight.shape[0])
         self._n_tokens = self._check_sizes(model, tokenizer)
+        self._n_layers = int(self._config.num_hidden_layers)
+        # pasts of recent prompts (``PrefixCache``); None turns it off
+        self.prefix_cache: PrefixCache | None = PrefixCache()
 
     def _check_sizes(self, model: Any, tokenizer: Any) -> int:
         """The tokenizer's size. A model whose embedding or logits have fewer rows than the
@@ -148,35 +152,81 @@ class TransformersBackend(ModelBackend):
         return self._eos
 
     def new_state(self) -> SequenceState:
-        from transformers import DynamicCache
-
-        return SequenceState(DynamicCache(config=self.model.config))
+        return SequenceState(None)
 
     def forward(self, state: SequenceState, ids: list[int], n_last: int = 1) -> torch.Tensor:
-        if not ids or n_last > len(ids):
-            raise ValueError(f"forward needs at least max(1, n_last={n_last}) new tokens")
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out = self.model(
-            input_ids=input_ids, past_key_values=state.cache, use_cache=True,
-            logits_to_keep=n_last,
-        )
-        state.cache = out.past_key_values
-        state.tokens.extend(ids)
-        logits = out.logits[0, -n_last:].float()
-        return logits[-1] if n_last == 1 else logits
+        return self.forward_batch([state], [ids], [n_last])[0]
+
+    def forward_batch(self, states: list[SequenceState], ids: list[list[int]],
+                      n_last: list[int]) -> list[torch.Tensor]:
+        """One forward pass per group of sequences that feed the same number of tokens (a decoding
+        step: all of them), each group a ``KVBatch``. A group that is the batch of the previous
+        pass, row for row, runs in it as it is; otherwise its rows are copied into a new one. A
+        prompt starts from the longest cached prefix (``prefix_cache``); a prompt seen before as
+        it is costs nothing."""
+        for new, n in zip(ids, n_last):
+            if not new or n > len(new):
+                raise ValueError(f"forward needs at least max(1, n_last={n}) new tokens")
+        out: list[torch.Tensor | None] = [None] * len(states)
+        ids = list(ids)
+        prompts = [i for i, s in enumerate(states) if not s.tokens]
+        cache = self.prefix_cache
+        if cache is not None:
+            for i in prompts:
+                n, row, logits = cache.lookup(ids[i], n_last[i])
+                if n:
+                    states[i].cache, states[i].tokens = row, list(ids[i][:n])
+                    ids[i] = ids[i][n:]
+                    if logits is not None:  # the whole prompt, seen before
+                        out[i] = logits
+        groups: dict[int, list[int]] = {}
+        for i, new in enumerate(ids):
+            if out[i] is None:
+                groups.setdefault(len(new), []).append(i)
+        for rows in groups.values():
+            logits = self._run_group([states[i] for i in rows], [ids[i] for i in rows],
+                                     max(n_last[i] for i in rows))
+            for j, i in enumerate(rows):
+                row = logits[j, -n_last[i]:]
+                out[i] = row[-1] if n_last[i] == 1 else row
+        if cache is not None:
+            for i in prompts:
+                if ids[i]:  # computed (in part)
+                    cache.store(states[i].tokens, own_row(states[i].cache),
+                                out[i] if n_last[i] == 1 else None, computed=len(ids[i]))
+        return out  # type: ignore[return-value]
+
+    def _run_group(self, states: list[SequenceState], ids: list[list[int]],
+                   n_last: int) -> torch.Tensor:
+        """Run rows that feed the same number of tokens; logits ``[rows, n_last, width]``."""
+        batch = self._reusable(states)
+        if batch is None:
+            batch = KVBatch([own_row(s.cache) for s in states], [len(s.tokens) for s in states],
+                            self._n_layers, self.device, reserve=len(ids[0]) + 32)
+        logits = batch.forward(self.model, ids, n_last)
+        for i, (s, new) in enumerate(zip(states, ids)):
+            s.tokens.extend(new)
+            s.cache = Slot(batch, i)
+        return logits
+
+    @staticmethod
+    def _reusable(states: list[SequenceState]) -> KVBatch | None:
+        """The batch these states are, row for row, if there is one."""
+        first = states[0].cache
+        if not isinstance(first, Slot):
+            return None
+        batch = first.batch
+        if len(batch.lens) != len(states):
+            return None
+        for i, s in enumerate(states):
+            c = s.cache
+            if not isinstance(c, Slot) or c.batch is not batch or c.index != i:
+                return None
+        return batch
 
     def rollback(self, state: SequenceState, length: int) -> None:
-        drop = len(state.tokens) - length
-        if drop <= 0:
+        if length >= len(state.tokens):
             return
-        try:
-            state.cache.crop(-drop)
-        except RuntimeError:
-            # a sliding-window layer past its window keeps no past states to roll back to
-            # (transformers' DynamicSlidingWindowLayer): recompute the kept prefix instead
-            keep = state.tokens[:length]
-            state.cache, state.tokens = self.new_state().cache, []
-            if keep:
-                self.forward(state, keep)
-            return
+        row = own_row(state.cache)
+        state.cache = row.crop(length) if row is not None and length else None
         del state.tokens[length:]
