@@ -112,6 +112,11 @@ class BlendedLLM:
         max_batch_size: int = 16,
         prefix_cache_tokens: int = 4096,
     ) -> None:
+        for label, n in (("max_batch_size", max_batch_size),
+                         ("prefix_cache_tokens", prefix_cache_tokens)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < (label == "max_batch_size"):
+                raise ConfigError(f"{label} must be an int >= {int(label == 'max_batch_size')}, "
+                                  f"got {n!r}")
         self.config = config if config is not None else BlendConfig()
         if not isinstance(self.config, BlendConfig):
             raise ConfigError("config must be a BlendConfig")
@@ -132,11 +137,6 @@ class BlendedLLM:
         # shared by every call; each call's own state (KV caches, sampler) is its own
         self._lock = threading.Lock()
         self.guide_monitor = GuideMonitor([g.name for g in self.guides])
-        for label, n in (("max_batch_size", max_batch_size),
-                         ("prefix_cache_tokens", prefix_cache_tokens)):
-            if not isinstance(n, int) or isinstance(n, bool) or n < (label == "max_batch_size"):
-                raise ConfigError(f"{label} must be an int >= {int(label == 'max_batch_size')}, "
-                                  f"got {n!r}")
         for m in (self.base, *self.guides):
             cache = getattr(m, "prefix_cache", None)
             if cache is not None:

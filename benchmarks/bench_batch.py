@@ -1,0 +1,249 @@
+"""Continuous batching: aggregate tokens/s of concurrent requests, side by side in one run.
+
+    python benchmarks/bench_batch.py [--tokens 32] [--baseline-ref REF] [--default-pair]
+
+Shapes (random init, nothing downloaded): a base shaped like SmolLM2-135M (576 hidden, 30 layers,
+9 heads / 3 KV heads, 49,152 tokens) and a guide of the same vocabulary (384 hidden, 8 layers),
+float32 on CPU, with SmolLM2's tokenizer from the conversion cache (run ``scripts/setup.sh``
+first). gamma is set from the base's own top-1 probabilities so that about 10 % of steps consult
+the guide. Prompts: GSM8K test questions. Every answer runs its full ``--tokens`` (``ignore_eos``).
+
+Printed, all measured in this run:
+- a table: concurrency 1/4/8/16 x strategy -> aggregate tokens/s, speed-up over the same requests
+  run one after another, interventions;
+- at concurrency 8: the ratio to transformers' batched ``generate`` of the base alone (same
+  prompts, left padding, greedy, same number of tokens);
+- concurrency 1 against the engine of ``--baseline-ref`` (a git ref, e.g. the commit before
+  batching), each run in its own process, alternated;
+- peak memory (max RSS) per extra row;
+- ``--default-pair``: the default pair (Gemma-3-270M + SmolLM2-135M-Instruct, cross-vocabulary),
+  8 concurrent vs one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from blendin_llm import BlendConfig, BlendedLLM, ModelSpec  # noqa: E402
+
+BASE_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                  num_attention_heads=9, num_key_value_heads=3)
+GUIDE_SHAPE = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8,
+                   num_attention_heads=6, num_key_value_heads=2)
+
+
+def smollm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from blendin_llm.sources import resolve_spec
+
+    spec = resolve_spec(ModelSpec(source="smollm2-135m-instruct"))
+    return AutoTokenizer.from_pretrained(spec.source)
+
+
+def random_model(tok, shape: dict, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      tie_word_embeddings=True, **shape)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def prompts(n: int) -> list[str]:
+    path = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+    if not path.exists():
+        path = Path("/work/shared/data/gsm8k/test.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
+    return [f"Question: {r['question'][:300]}\nAnswer:" for r in rows]
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_concurrent(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[float, list]:
+    """Wall time of len(ps) requests sent at once from threads, and their results."""
+    out: list = [None] * len(ps)
+
+    def work(i: int) -> None:
+        out[i] = llm.generate(ps[i], max_new_tokens=tokens, ignore_eos=True, **kw)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ps))]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t, out
+
+
+def run_sequential(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[float, list]:
+    t = time.perf_counter()
+    out = [llm.generate(p, max_new_tokens=tokens, ignore_eos=True, **kw) for p in ps]
+    return time.perf_counter() - t, out
+
+
+def hf_batched(model, tok, ps: list[str], tokens: int) -> float:
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    enc = tok(ps, return_tensors="pt", padding=True)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                       pad_token_id=tok.pad_token_id)
+    return time.perf_counter() - t
+
+
+SOLO_SNIPPET = r"""
+import sys, time, json, torch
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
+import bench_batch as b
+from blendin_llm import BlendConfig, BlendedLLM
+tok = b.smollm_tokenizer()
+base = b.random_model(tok, b.BASE_SHAPE, 0); guide = b.random_model(tok, b.GUIDE_SHAPE, 1)
+cfg = json.loads(sys.argv[3])
+llm = BlendedLLM((base, tok), [(guide, tok)], BlendConfig(**cfg))
+ps = b.prompts(int(sys.argv[5]))
+tokens = int(sys.argv[4])
+llm.generate(ps[0], max_new_tokens=4, ignore_eos=True)
+t = time.perf_counter()
+for p in ps:
+    llm.generate(p, max_new_tokens=tokens, ignore_eos=True)
+print(json.dumps({"tok_s": len(ps) * tokens / (time.perf_counter() - t)}))
+"""
+
+
+def solo_in_process(src: Path, cfg: dict, tokens: int, n: int) -> float:
+    r = subprocess.run(
+        [sys.executable, "-c", SOLO_SNIPPET, str(src), str(ROOT / "benchmarks"), json.dumps(cfg),
+         str(tokens), str(n)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])["tok_s"]
+
+
+def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int) -> float:
+    """The gamma under which about ``rate`` of the base's steps are unsure (base_only traces)."""
+    tops = []
+    for res in llm.generate_batch(ps, max_new_tokens=tokens, ignore_eos=True, trace=True,
+                                  strategy="base_only"):
+        tops += [t.base_top1 for t in res.reliability.trace]
+    tops.sort()
+    return tops[int(rate * len(tops))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--baseline-ref", default=None,
+                    help="git ref of the engine to compare concurrency 1 with")
+    ap.add_argument("--default-pair", action="store_true")
+    ap.add_argument("--levels", default="1,4,8,16")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    n_tok = args.tokens
+    levels = [int(x) for x in args.levels.split(",")]
+    ps = prompts(max(levels))
+
+    tok = smollm_tokenizer()
+    base = random_model(tok, BASE_SHAPE, 0)
+    guide = random_model(tok, GUIDE_SHAPE, 1)
+    llm = BlendedLLM((base, tok), [(guide, tok)], max_batch_size=max(levels))
+    gamma = gamma_for_rate(llm, ps[:4], 0.10, n_tok)
+    print(f"# shapes: base {BASE_SHAPE}, guide {GUIDE_SHAPE}, vocab {len(tok)}, float32, "
+          f"{torch.get_num_threads()} threads; {n_tok} tokens per answer; gamma={gamma:.3g} "
+          "(~10% of the base's steps)")
+    strategies = {"base_only": dict(strategy="base_only"),
+                  "blendin": dict(strategy="blendin", gamma=gamma, alpha="auto")}
+
+    rows = []
+    rss0 = maxrss_mb()
+    rss_at: dict[int, float] = {}
+    for name, kw in strategies.items():
+        seq_t, seq = run_sequential(llm, ps[:max(levels)], n_tok, **kw)
+        seq_tps = len(seq) * n_tok / seq_t
+        for c in levels:
+            wall, res = run_concurrent(llm, ps[:c], n_tok, **kw)
+            tps = c * n_tok / wall
+            iv = sum(r.reliability.interventions for r in res) / (c * n_tok)
+            same = sum(r.token_ids == s.token_ids for r, s in zip(res, seq[:c]))
+            rows.append((name, c, tps, tps / seq_tps, iv, same, c))
+            rss_at[c] = max(rss_at.get(c, 0.0), maxrss_mb())
+        rows.append((name, "seq", seq_tps, 1.0, None, None, None))
+
+    print("\n| strategy | concurrency | tokens/s | x one-after-another | interventions | "
+          "same tokens as solo |")
+    print("|---|---|---|---|---|---|")
+    for name, c, tps, ratio, iv, same, n in rows:
+        if c == "seq":
+            continue
+        print(f"| {name} | {c} | {tps:.1f} | {ratio:.2f}x | {iv:.1%} | {same}/{n} |")
+    for name, c, tps, *_ in rows:
+        if c == "seq":
+            print(f"one after another ({name}): {tps:.1f} tokens/s")
+
+    # transformers' batched generate of the base alone, at concurrency 8
+    c8 = [r for r in rows if r[1] == 8]
+    if c8:
+        hf_t = min(hf_batched(base, tok, ps[:8], n_tok) for _ in range(2))
+        hf_tps = 8 * n_tok / hf_t
+        for name, c, tps, *_ in c8:
+            print(f"concurrency 8, {name}: {tps:.1f} tokens/s = {tps / hf_tps:.2f}x "
+                  f"transformers generate (batch 8, base alone: {hf_tps:.1f} tokens/s)")
+
+    if len(rss_at) > 1:
+        lo, hi = min(rss_at), max(rss_at)
+        print(f"peak RSS: {rss0:.0f} MB before the runs, {rss_at[hi]:.0f} MB after "
+              f"concurrency {hi}; per extra row ~{(rss_at[hi] - rss_at[lo]) / (hi - lo):.1f} MB "
+              "(max RSS only grows: an upper bound)")
+
+    if args.baseline_ref:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(f"git -C {ROOT} archive {args.baseline_ref} | tar -x -C {tmp}",
+                           shell=True, check=True)
+            cfg = dict(strategy="blendin", gamma=gamma, alpha="auto")
+            new, old = [], []
+            for _ in range(2):
+                new.append(solo_in_process(ROOT, cfg, n_tok, 4))
+                old.append(solo_in_process(Path(tmp), cfg, n_tok, 4))
+            print(f"concurrency 1 (blendin, one process each, best of 2): this engine "
+                  f"{max(new):.1f} tokens/s, {args.baseline_ref} {max(old):.1f} tokens/s = "
+                  f"{max(new) / max(old):.2f}x")
+
+    if args.default_pair:
+        del llm, base, guide
+        pair = BlendedLLM("gemma-3-270m", ["smollm2-135m-instruct"], max_batch_size=8)
+        dps = [f"How do I {x}?" for x in ("bake bread", "fix a flat tyre", "learn Python",
+                                           "write a haiku", "plant tomatoes", "sleep better",
+                                           "make tea", "save money")]
+        kw = dict(strategy="blendin")
+        run_concurrent(pair, dps[:2], 4, **kw)  # warm up
+        seq_t, seq = run_sequential(pair, dps, n_tok, **kw)
+        wall, res = run_concurrent(pair, dps, n_tok, **kw)
+        iv = sum(r.reliability.interventions for r in res) / (8 * n_tok)
+        same = sum(r.token_ids == s.token_ids for r, s in zip(res, seq))
+        print(f"default pair (cross-vocabulary), blendin, 8 requests: one after another "
+              f"{8 * n_tok / seq_t:.1f} tokens/s, concurrent {8 * n_tok / wall:.1f} tokens/s = "
+              f"{seq_t / wall:.2f}x; interventions {iv:.1%}; same tokens as solo {same}/8")
+
+
+if __name__ == "__main__":
+    main()
