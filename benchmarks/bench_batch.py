@@ -70,7 +70,7 @@ def prompts(n: int) -> list[str]:
     if not path.exists():
         path = Path("/work/shared/data/gsm8k/test.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
-    return [f"Question: {r['question'][:300]}\nAnswer:" for r in rows]
+    return [f"Question: {r['question'][:160]}\nAnswer:" for r in rows]
 
 
 def maxrss_mb() -> float:
@@ -114,6 +114,7 @@ def hf_batched(model, tok, ps: list[str], tokens: int) -> float:
 SOLO_SNIPPET = r"""
 import sys, time, json, torch
 sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
+torch.set_num_threads(int(sys.argv[6]))
 import bench_batch as b
 from blendin_llm import BlendConfig, BlendedLLM
 tok = b.smollm_tokenizer()
@@ -133,7 +134,7 @@ print(json.dumps({"tok_s": len(ps) * tokens / (time.perf_counter() - t)}))
 def solo_in_process(src: Path, cfg: dict, tokens: int, n: int) -> float:
     r = subprocess.run(
         [sys.executable, "-c", SOLO_SNIPPET, str(src), str(ROOT / "benchmarks"), json.dumps(cfg),
-         str(tokens), str(n)],
+         str(tokens), str(n), str(torch.get_num_threads())],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
@@ -152,13 +153,16 @@ def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--baseline-ref", default=None,
                     help="git ref of the engine to compare concurrency 1 with")
     ap.add_argument("--default-pair", action="store_true")
     ap.add_argument("--levels", default="1,4,8,16")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads (1 on a machine that other jobs share: oversubscribed "
+                         "threads spin and distort every number)")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     n_tok = args.tokens
     levels = [int(x) for x in args.levels.split(",")]
     ps = prompts(max(levels))

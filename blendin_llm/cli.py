@@ -296,6 +296,8 @@ def eval_cmd(
                                                      "(from `blendin calibrate`)"),
     force_profile: bool = typer.Option(False, help="apply --profile even if it was fitted for "
                                                    "other models"),
+    batch_size: int = typer.Option(8, "--batch-size", help="answers decoded together "
+                                   "(continuous batching; 1 = one after another)"),
 ) -> None:
     """Compare strategies on local data: per-answer records, a summary table with accuracy,
     intervention rate, reliability (AUROC, PRR, ECE, Brier) next to single-signal baselines,
@@ -310,6 +312,8 @@ def eval_cmd(
     # held (locked) for the whole run, so a second process writing it fails at once
     with _errors(), contextlib.ExitStack() as held:
         _check_call({"max_new_tokens": max_new_tokens})
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         runs = parse_strategies(strategies)
         sets = [load_dataset(d, format, limit=limit, seed=seed, fewshot=fewshot,
                              fewshot_k=fewshot_k) for d in data]
@@ -320,6 +324,7 @@ def eval_cmd(
         held.enter_context(lock_output(out_dir))
         prof = _load_score_profile(profile, force_profile, sets) if profile else None
         llm = _build(base, guide or [DEFAULT_GUIDE], "blendin", gamma, "auto", None)
+        llm.scheduler.max_batch_size = max(llm.scheduler.max_batch_size, batch_size)
         if prof is not None:
             import dataclasses
 
@@ -327,7 +332,8 @@ def eval_cmd(
             llm.config = dataclasses.replace(llm.config, reliability=rel)
             llm._check_config(llm.config)  # the pair check: refused for other models
         records = run_eval(llm, sets, [r.label for r in runs], out=out_dir,
-                           max_new_tokens=max_new_tokens, fresh=fresh, settings=settings)
+                           max_new_tokens=max_new_tokens, fresh=fresh, settings=settings,
+                           batch_size=batch_size)
         rep = write_report(records, out_dir, plots=plots)
     eval_table(rep["rows"])
     out.print(f"[dim]records: {out_dir}/records.jsonl, report: {rep['html']}[/dim]")

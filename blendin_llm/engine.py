@@ -27,7 +27,7 @@ from .config import BlendConfig, SamplingParams
 from .reliability import ReliabilityTracker
 from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, TraceEntry, Usage
 from .sampling import SeedStream, apply_processors, build_processors, sample
-from .strategies import StepView, Strategy
+from .strategies import ConsultPolicy, StepView, Strategy
 from .text import IncrementalDetokenizer, StopMatcher
 from .uncertainty import NEGENTROPY_K
 from .tools import ToolCallCapture, parse_tool_calls
@@ -339,8 +339,8 @@ class Generation:
         w = guide_weights
         self.guide_weight = None if w is None or all(x == 1.0 for x in w) else \
             torch.tensor(w, dtype=torch.float32, device=base.device)
-        self.cap = config.mitigation.intervention_cap if config.mitigation is not None else None
-        self.capped = 0  # steps where the cap kept the guides out
+        cap = config.mitigation.intervention_cap if config.mitigation is not None else None
+        self.consult = ConsultPolicy(strategy, cap)  # the gate and the intervention cap
         self.uniforms = SeedStream(params.seed)
         # the penalties (and the mask of ids without a token): none when all are off
         self.processors = build_processors(params, self.vocab, base.n_tokens, base.device)
@@ -395,11 +395,8 @@ class Generation:
         base_top1 = math.exp(head[0])
         top_lp, top_id = top_v[0], top_i[0]
         mix = None
-        if self.guides and self.strategy.consult(base_top1):
-            if self.cap is None or self.tracker.interventions < self.cap * (self.tracker.tokens + 1):
-                mix = yield from self._mix(logp, top_lp)
-            else:
-                self.capped += 1
+        if self.guides and self.consult(base_top1):
+            mix = yield from self._mix(logp, top_lp)
         procs = self.processors
         logd = logp if mix is None else (mix.probs + _EPS).log()
         if procs:
@@ -609,7 +606,8 @@ class Generation:
             token_ids=list(self.generated),
             usage=Usage(prompt_tokens=prompt_n, completion_tokens=n, total_tokens=prompt_n + n,
                         guide_tokens_computed=self.guide_tokens),
-            reliability=tracker.finish(capped=self.capped, intervention_cap=self.cap,
+            reliability=tracker.finish(capped=self.consult.capped,
+                                       intervention_cap=self.consult.cap,
                                        answer_tokens=n, stopped=finish == "stop",
                                        eos=eos_end),
             model=self.model_name,

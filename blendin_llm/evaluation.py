@@ -30,6 +30,7 @@ import socket
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -258,10 +259,15 @@ def read_records(path: str | Path) -> list[dict]:
 def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[str] =
              DEFAULT_STRATEGIES, out: str | Path | None = None, *, max_new_tokens: int | dict = 64,
              trace: bool = True, progress: bool = True, fresh: bool = False,
-             settings: dict | None = None, on_record: Any = None) -> list[dict]:
+             settings: dict | None = None, on_record: Any = None,
+             batch_size: int = 1) -> list[dict]:
     """Generate every (item, strategy) pair, score it, and return all records (earlier finished
     ones of a resumed run included). ``max_new_tokens`` may be a dict by task name;
-    ``on_record`` is called with each new record."""
+    ``on_record`` is called with each new record. ``batch_size`` > 1 sends that many requests at
+    once, which a ``BlendedLLM`` decodes together (continuous batching); records are written as
+    answers finish, and each answer is the one it would be alone."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise EvalError(f"batch_size must be an int >= 1, got {batch_size!r}")
     runs = parse_strategies(strategies)
     datasets = list(datasets)
     budget = (lambda task: int(max_new_tokens.get(task, 64))) if isinstance(max_new_tokens, dict) \
@@ -272,21 +278,30 @@ def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[s
         path = prepare_output(out, meta, fresh) if out is not None else None
         if path is not None:
             _mend_tail(path)
-        return _run(llm, datasets, runs, path, budget, trace, progress, on_record)
+        return _run(llm, datasets, runs, path, budget, trace, progress, on_record, batch_size)
 
 
 def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path | None,
-         budget: Any, trace: bool, progress: bool, on_record: Any = None) -> list[dict]:
+         budget: Any, trace: bool, progress: bool, on_record: Any = None,
+         batch_size: int = 1) -> list[dict]:
     done = {(r["task"], r["item_id"], r["strategy"]): r for r in read_records(path)} if path else {}
     todo = [(ds, it, r) for ds in datasets for it in ds.items for r in runs
             if (it.task, it.id, r.label) not in done]
     records = list(done.values())
     sink = open(path, "a", encoding="utf-8") if path else None
     bar = _progress(len(todo), len(done)) if progress else None
+    def answer(job: tuple) -> Any:
+        _, item, run = job
+        return llm.generate(item.prompt, max_new_tokens=budget(item.task), trace=trace,
+                            **run.overrides)
+
+    pool = ThreadPoolExecutor(batch_size, thread_name_prefix="blendin-eval") \
+        if batch_size > 1 else None
+    # in order, at most batch_size at a time in flight (a pool's queue is first in, first out)
+    answers = ((job, f.result()) for job, f in zip(todo, [pool.submit(answer, j) for j in todo])) \
+        if pool else ((job, answer(job)) for job in todo)
     try:
-        for ds, item, run in todo:
-            res = llm.generate(item.prompt, max_new_tokens=budget(item.task), trace=trace,
-                               **run.overrides)
+        for (ds, item, run), res in answers:
             rec = {
                 "task": item.task, "item_id": item.id, "strategy": run.label,
                 "question": item.question, "answer": item.answer, "label": item.label,
@@ -306,6 +321,8 @@ def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path 
             if on_record is not None:
                 on_record(rec)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if sink:
             sink.close()
         if bar:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from .config import BlendConfig
 from .results import GuideStats, Reliability, ScoreComponents, TraceEntry
+from .strategies import unsure
 from .uncertainty import Step, dist_stats, features as answer_features
 
 
@@ -77,10 +78,10 @@ class ReliabilityTracker:
         g = self._pending
         self._pending = None
         if g is None:
-            self.steps.append(Step(final, base, b1 < self.config.gamma))
+            self.steps.append(Step(final, base, unsure(b1, self.config.gamma)))
         else:
             n = len(g[0])
-            self.steps.append(Step(final, base, b1 < self.config.gamma, sum(g[0]) / n,
+            self.steps.append(Step(final, base, unsure(b1, self.config.gamma), sum(g[0]) / n,
                                    sum(g[3]) / n, sum(g[4]) / n))
         self.guide_rows.append(g)
         self.tokens += 1

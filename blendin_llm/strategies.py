@@ -41,6 +41,41 @@ def get_strategy(config: "BlendConfig") -> "Strategy":
     return _REGISTRY[config.strategy](config)
 
 
+def unsure(base_top1: float, gamma: float) -> bool:
+    """The gamma rule, in one place: the base is unsure at a step when its top-1 probability is
+    below gamma. Strategies gate the guides on it; the reliability record counts it."""
+    return base_top1 < gamma
+
+
+class ConsultPolicy:
+    """Whether the guides are asked at a step: the strategy's gate (``Strategy.consult``), then the
+    run-time intervention cap (``MitigationConfig.intervention_cap``): the guides are kept out of a
+    step that would take the share of consulted steps above the cap. Counts its own steps; reads
+    nothing else.
+
+    Args:
+        strategy: the strategy whose ``consult`` gates the guides.
+        cap: the most consulted steps per step, or None for no cap.
+    """
+
+    __slots__ = ("strategy", "cap", "steps", "consulted", "capped")
+
+    def __init__(self, strategy: "Strategy", cap: float | None = None) -> None:
+        self.strategy, self.cap = strategy, cap
+        self.steps = 0
+        self.consulted = 0
+        self.capped = 0  # steps the cap kept the guides out of
+
+    def __call__(self, base_top1: float) -> bool:
+        ask = self.strategy.consult(base_top1)
+        if ask and self.cap is not None and self.consulted >= self.cap * (self.steps + 1):
+            ask = False
+            self.capped += 1
+        self.steps += 1
+        self.consulted += ask
+        return ask
+
+
 @dataclass
 class StepView:
     """What a strategy may look at when the guides were consulted (all in the base's token space).
@@ -72,7 +107,7 @@ class Strategy:
 
     def consult(self, base_top1: float) -> bool:
         """Whether the guides are asked at this step, given the base's top-1 probability."""
-        return base_top1 < self.gamma
+        return unsure(base_top1, self.gamma)
 
     def alphas(self, view: StepView) -> torch.Tensor:
         raise NotImplementedError

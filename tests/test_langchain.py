@@ -224,6 +224,20 @@ async def test_abatch_gives_the_sequential_answers():
     assert [m.text for m in got] == [chat.invoke(p).text for p in prompts]
 
 
+def test_batch_decodes_the_inputs_together_with_the_sequential_answers():
+    from blendin_llm import BlendedLLM
+
+    llm = BlendedLLM(TINY.base, TINY.guides, TINY.config)
+    chat = ChatBlendIn(llm=llm, max_tokens=12)
+    prompts = ["Hello", "The sea", "Question: what", "naïve café"]
+    seq = [chat.invoke(p).text for p in prompts]
+    rows = llm.scheduler.max_rows
+    assert rows == 1
+    assert [m.text for m in chat.batch(prompts)] == seq
+    assert llm.scheduler.max_rows > 1  # they shared decoding steps
+    assert [m.text for m in chat.batch(prompts, {"max_concurrency": 1})] == seq
+
+
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("messages, match", [
     ([FunctionMessage(content="x", name="f")], "FunctionMessage"),

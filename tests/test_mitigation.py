@@ -120,3 +120,18 @@ def test_config_roundtrip():
     assert BlendConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError):
         BlendConfig.from_dict({"gama": 0.3})
+
+
+def test_consult_policy_gates_on_gamma_and_keeps_the_share_under_the_cap():
+    from blendin_llm import BlendConfig
+    from blendin_llm.strategies import ConsultPolicy, get_strategy, unsure
+
+    assert unsure(0.39, 0.4) and not unsure(0.4, 0.4)
+    strategy = get_strategy(BlendConfig(gamma=0.4))
+    free = ConsultPolicy(strategy)
+    assert [free(p) for p in (0.1, 0.9, 0.3, 0.5)] == [True, False, True, False]
+    capped = ConsultPolicy(strategy, cap=0.25)
+    asked = [capped(0.1) for _ in range(40)]  # the base is unsure at every step
+    assert sum(asked) == 10 and capped.capped == 30
+    for n in range(1, 41):  # at no point above the cap (counting the step itself)
+        assert sum(asked[:n]) <= 0.25 * n + 1

@@ -430,6 +430,22 @@ class ChatBlendIn(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
+    def batch(self, inputs: list[LanguageModelInput], config: Any = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list[BaseMessage]:
+        """Answer many inputs at once: the engine decodes them together (continuous batching),
+        so by default up to its ``max_batch_size`` are sent at a time (``max_concurrency`` in
+        ``config`` overrides it). Each answer is the one ``invoke`` gives."""
+        width = self.llm.max_batch_size
+
+        def with_width(c: Any) -> Any:
+            c = dict(c or {})
+            c.setdefault("max_concurrency", width)
+            return c
+
+        config = [with_width(c) for c in config] if isinstance(config, list) else \
+            with_width(config)
+        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         if self.streaming:
