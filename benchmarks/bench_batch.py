@@ -171,7 +171,7 @@ def main() -> None:
     base = random_model(tok, BASE_SHAPE, 0)
     guide = random_model(tok, GUIDE_SHAPE, 1)
     llm = BlendedLLM((base, tok), [(guide, tok)], max_batch_size=max(levels))
-    gamma = gamma_for_rate(llm, ps[:4], 0.10, n_tok)
+    gamma = gamma_for_rate(llm, ps[:8], 0.10, n_tok)
     print(f"# shapes: base {BASE_SHAPE}, guide {GUIDE_SHAPE}, vocab {len(tok)}, float32, "
           f"{torch.get_num_threads()} threads; {n_tok} tokens per answer; gamma={gamma:.3g} "
           "(~10% of the base's steps)")
