@@ -91,6 +91,11 @@ class BlendedLLM:
     give alone. A stream that is partly read holds nothing while its reader is away. Waiting for a
     turn is bounded by ``lock_timeout`` seconds (default 300: far longer than one step, even one
     that reads a long prompt), after which the call raises ``BusyError``.
+   
+    ``audit``: an ``AuditLog`` or its URL (``"sqlite:///answers.db"``, ``"postgresql://..."``):
+    every answer of ``stream``/``generate``/``astream``/``agenerate`` is appended to it (id =
+    ``result.id``) and committed before the final event reaches the caller; a stream left before
+    its end is recorded with ``finish_reason`` "abandoned" (see ``blendin_llm.audit``).
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class BlendedLLM:
         name: str | None = None,
         cross_vocab: str = "auto",
         lock_timeout: float = 300.0,
+        audit: Any = None,
     ) -> None:
         self.config = config if config is not None else BlendConfig()
         if not isinstance(self.config, BlendConfig):
@@ -123,6 +129,19 @@ class BlendedLLM:
         # shared by every call; each call's own state (KV caches, sampler) is its own
         self._lock = threading.Lock()
         self.guide_monitor = GuideMonitor([g.name for g in self.guides])
+        self.audit = self._open_audit(audit)
+
+    def _open_audit(self, audit: Any) -> Any:
+        """The AuditLog of ``audit=`` (None: no audit); the models' fingerprints are computed now,
+        once, so that the first answer does not wait for them."""
+        if audit is None:
+            return None
+        from .audit import AuditLog
+        from .calibrated import pair_fingerprints
+
+        log = audit if isinstance(audit, AuditLog) else AuditLog.open(audit)
+        pair_fingerprints(self.base, self.guides)
+        return log
 
     @classmethod
     def from_profile(cls, path: Any, base: ModelLike | None = None,
@@ -301,6 +320,10 @@ class BlendedLLM:
                                 frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty,
                                 no_repeat_ngram_size=no_repeat_ngram_size)
+        asked = None if self.audit is None else dict(  # AUDIT: the call's parameters, as asked
+            params=dataclasses.asdict(params), tools=tools, tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls, response_format=response_format,
+            trace=trace, overrides=config_overrides)
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(config_overrides)
@@ -308,11 +331,24 @@ class BlendedLLM:
             prompt, params, config, trace, tools, tool_choice, response_format,
             parallel_tool_calls,
         )
-        return self._locked(gen, active)
+        return self._locked(gen, active, self._audit_call(prompt, asked, config))
 
-    def _locked(self, gen: Generation, active: list[bool]) -> Iterator[StreamEvent]:
+    def _audit_call(self, prompt: PromptLike, asked: dict | None, config: BlendConfig) -> Any:
+        """The ``StreamAudit`` of one call (None without an audit log)."""
+        if self.audit is None:
+            return None
+        from .audit import StreamAudit
+
+        request = {"prompt": prompt} if isinstance(prompt, str) else \
+            {"messages": normalize_messages(prompt)}
+        return StreamAudit(self.audit, self, config, {**request, "params": asked})
+
+    def _locked(self, gen: Generation, active: list[bool],
+                audit: Any = None) -> Iterator[StreamEvent]:
         """``gen``'s events, each step computed while holding the models (``_turn``) and yielded
-        after letting go, so a reader that keeps a stream open holds nothing."""
+        after letting go, so a reader that keeps a stream open holds nothing. With an audit log
+        (``audit``, a ``StreamAudit``) the answer's record is committed before its final event is
+        yielded, and a stream left early is recorded as such."""
         events = gen.events()
         try:
             while True:
@@ -323,7 +359,15 @@ class BlendedLLM:
                 if event.done:
                     self.guide_monitor.observe(event.result.reliability, gen.config.mitigation,
                                                active)
+                    if audit is not None:  # AUDIT: durable before the caller sees the end
+                        audit.finish(event.result)
+                elif audit is not None:
+                    audit.saw(event)
                 yield event
+        except BaseException as exc:
+            if audit is not None:  # AUDIT: a stream left or failed before its end
+                audit.abandon(exc)
+            raise
         finally:
             events.close()
 
