@@ -52,3 +52,29 @@ def hf_greedy(model, tok, prompt, n):
     out = model.generate(ids, do_sample=False, max_new_tokens=n, pad_token_id=tok.pad_token_id,
                          eos_token_id=None, min_new_tokens=0)
     return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/pgserver.py), torn down after. Outside CI
+    the tests that need it skip when PostgreSQL is not installed; in CI (CI=true, where .ci/run
+    installs it) they fail instead."""
+    import os
+
+    from pgserver import PostgresServer, bindir
+
+    missing = None
+    if bindir() is None:
+        missing = "PostgreSQL is not installed (no initdb/pg_ctl): apt-get install postgresql"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            missing = "psycopg is not installed: pip install -e '.[postgres]'"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} (CI must run the PostgreSQL tests)")
+        pytest.skip(missing)
+    server = PostgresServer(bindir()).start()
+    yield server
+    server.stop()
