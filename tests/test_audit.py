@@ -584,3 +584,16 @@ def test_cli_reads_the_url_from_the_environment(sqlite_url, monkeypatch):
     monkeypatch.setenv("BLENDIN_AUDIT", sqlite_url)
     r = runner.invoke(app, ["audit", "verify"])
     assert r.exit_code == 0 and "2 record(s)" in r.output
+
+
+def test_framework_faces_over_an_audited_llm_record_their_answers(audited, sqlite_url):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    llm = audited(sqlite_url)
+    msg = llm.as_langchain(max_tokens=4).invoke("hello there")
+    chunks = list(llm.as_langchain(max_tokens=4).stream("hello"))
+    resp = llm.as_llama_index(max_new_tokens=4).complete("hello there")
+    ids = [r.id for r in llm.audit.records()]
+    assert len(ids) == 3 and ids[0] == msg.response_metadata["id"]
+    assert ids[1] == [c for c in chunks if c.response_metadata.get("id")][-1].response_metadata["id"]
+    assert ids[2] == resp.raw["id"]
