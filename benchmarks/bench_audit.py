@@ -7,8 +7,9 @@ PostgreSQL, and a ``BlendedLLM`` answer with ``audit=`` next to the same answer 
 ``--start-postgres`` starts a throw-away PostgreSQL server as the tests do (tests/pgserver.py;
 initdb and pg_ctl must be installed). The answers come from the tests' tiny random models
 (tests/tiny.py), so the ratio is an upper bound: a real pair's answer takes far longer than the
-tiny one while an append costs the same. Prints medians in milliseconds and the ratio
-audited / not audited (answers interleaved, so machine load hits both alike).
+tiny one while an append costs the same. Prints medians in milliseconds: ``make_entry`` and
+``append`` (what an audited answer adds), and the answer time audited / not audited (interleaved,
+so machine load hits both alike; on the tiny pair the difference is within the noise).
 """
 
 from __future__ import annotations
@@ -49,6 +50,26 @@ def time_appends(url: str, entry: dict, n: int) -> list[float]:
     return times
 
 
+def concurrent_rate(url: str, entry: dict, n: int, threads: int = 4) -> float:
+    """Appends per second with ``threads`` threads sharing one AuditLog."""
+    import threading
+
+    with AuditLog(url) as log:
+        def work(t: int) -> None:
+            for i in range(n // threads):
+                log.append({**entry, "id": f"conc-{t}-{i}"})
+
+        ths = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        t0 = time.perf_counter()
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        rate = threads * (n // threads) / (time.perf_counter() - t0)
+        assert log.verify().ok
+    return rate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--appends", type=int, default=300)
@@ -65,6 +86,13 @@ def main() -> None:
                        request={"prompt": "hello there", "params": {"max_new_tokens": 16}},
                        result=res, latency_s=res.elapsed_s)
     print(f"one record: {len(str(entry))} characters of JSON")
+    t = []
+    for _ in range(args.appends):
+        t0 = time.perf_counter()
+        make_entry(id="x", llm=plain, config=plain.config, request={"prompt": "hello there"},
+                   result=res, latency_s=res.elapsed_s)
+        t.append(time.perf_counter() - t0)
+    print(f"make_entry: median {1e3 * statistics.median(t):.2f} ms (fingerprints cached)")
 
     server = None
     urls = {"sqlite": f"sqlite:///{tmp}/bench.db"}
@@ -81,6 +109,8 @@ def main() -> None:
             print(f"append, {kind}: median {1e3 * statistics.median(t):.2f} ms, "
                   f"p95 {1e3 * sorted(t)[int(0.95 * len(t))]:.2f} ms "
                   f"({args.appends} appends, each committed durably)")
+            print(f"append, {kind}, 4 threads sharing one log: "
+                  f"{concurrent_rate(url, entry, args.appends):.0f} appends/s")
 
         audited = tiny_llm(audit=f"sqlite:///{tmp}/answers.db")
         kw = dict(max_new_tokens=args.tokens, ignore_eos=True)
