@@ -499,7 +499,16 @@ class AuditLog:
 
     @classmethod
     def open(cls, url: str, *, content: str = "full") -> "AuditLog":
-        """``AuditLog(url, content=content)``."""
+        """Open (creating or migrating its schema) the log at ``url``; the same as
+        ``AuditLog(url, content=content)``.
+
+        Args:
+            url: see the class.
+            content: "full" or "hash".
+
+        Returns:
+            The open ``AuditLog`` (a context manager: ``with AuditLog.open(url) as log``).
+        """
         return cls(url, content=content)
 
     def __repr__(self) -> str:
@@ -625,8 +634,10 @@ class AuditLog:
                 except AuditError:
                     store.rollback()
                     raise
-                except Exception as e:
+                except BaseException as e:  # also KeyboardInterrupt: leave no open transaction
                     store.rollback()
+                    if not isinstance(e, Exception):
+                        raise
                     which = store.is_unique_violation(e)
                     if which == "id":
                         raise AuditError(f"an answer with id {entry_id!r} is already in the "
@@ -654,7 +665,14 @@ class AuditLog:
                 raise self._failed(e, doing) from None
 
     def get(self, id: str) -> AuditRecord | None:
-        """The record of answer ``id``, or None."""
+        """One answer's record.
+
+        Args:
+            id: the answer's id (``BlendResult.id``, or the response id a server gave).
+
+        Returns:
+            Its ``AuditRecord``, or None when the log has no such id.
+        """
         rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM audit_records WHERE id = ?",
                            (id,), f"reading {id!r}")
         return _to_record(rows[0]) if rows else None
