@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import BlendConfig, MitigationConfig, ModelSpec, ReliabilityConfig, SamplingParams
 from .errors import (
+    AuditError,
     BlendInError,
     BusyError,
     ConfigError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ModelBackend": ".backends", "SequenceState": ".backends", "TransformersBackend": ".backends",
     "BlendedLLM": ".llm", "load_backend": ".llm",
+    "AuditLog": ".audit", "AuditRecord": ".audit", "VerifyReport": ".audit", "make_entry": ".audit",
     "check_reliability": ".reliability",
     "BlendResult": ".results", "GuideStats": ".results", "Reliability": ".results",
     "StreamEvent": ".results", "TokenLogprob": ".results", "TraceEntry": ".results",
@@ -40,6 +42,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, as if imported here
+    from .audit import AuditLog, AuditRecord, VerifyReport, make_entry
     from .backends import ModelBackend, SequenceState, TransformersBackend
     from .llm import BlendedLLM, load_backend
     from .reliability import check_reliability
@@ -68,7 +71,8 @@ __all__ = [
     "BlendResult", "Reliability", "GuideStats", "StreamEvent", "TraceEntry", "Usage",
     "Strategy", "StepView", "available_strategies", "register_strategy",
     "ModelBackend", "SequenceState", "TransformersBackend", "load_backend",
-    "BlendInError", "BusyError", "ConfigError", "GenerationArgumentError", "IncompatibleModelsError",
+    "AuditError", "BlendInError", "BusyError", "ConfigError", "GenerationArgumentError", "IncompatibleModelsError",
     "ModelLoadError", "PromptError", "LowReliabilityError", "check_reliability", "ToolCall",
-    "InvalidToolCall", "TokenLogprob", "__version__",
+    "InvalidToolCall", "TokenLogprob", "AuditLog", "AuditRecord", "VerifyReport", "make_entry",
+    "__version__",
 ]

@@ -56,6 +56,12 @@ class EvalError(BlendInError, RuntimeError):
     """An evaluation run cannot proceed as asked (output not writable, mismatched resume, ...)."""
 
 
+class AuditError(BlendInError, RuntimeError):
+    """The audit log cannot do what was asked: its database is unreachable or not writable, a
+    record id is appended twice, or the log was written by a newer version. The message says what
+    to do; the ``AuditLog`` stays usable (a lost connection is opened again on the next call)."""
+
+
 def settings_error(owner: str, errors: list[dict], arguments: str) -> ConfigError:
     """A pydantic validation error on a framework face's constructor, as a ``ConfigError`` that
     names each bad or unknown argument; ``arguments`` lists the accepted ones for the hint shown

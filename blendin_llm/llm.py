@@ -98,6 +98,12 @@ class BlendedLLM:
     models; past it the call raises ``BusyError``. Prompts that share a start (a system prompt,
     few-shot exemplars) reuse its computed keys and values (``prefix_cache_tokens`` per model, LRU;
     0 turns it off).
+
+    ``audit``: an ``AuditLog`` or its URL (``"sqlite:///answers.db"``, ``"postgresql://..."``):
+    every answer of ``stream``/``generate``/``astream``/``agenerate``/``generate_batch`` is
+    appended to it (id = ``result.id``) and committed before the final event reaches the caller; a
+    stream left before its end is recorded with ``finish_reason`` "abandoned" (see
+    ``blendin_llm.audit``).
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class BlendedLLM:
         lock_timeout: float = 300.0,
         max_batch_size: int = 16,
         prefix_cache_tokens: int = 4096,
+        audit: Any = None,
     ) -> None:
         for label, n in (("max_batch_size", max_batch_size),
                          ("prefix_cache_tokens", prefix_cache_tokens)):
@@ -142,11 +149,24 @@ class BlendedLLM:
             if cache is not None:
                 cache.max_tokens = prefix_cache_tokens
         self.scheduler = Scheduler(self._lock, max_batch_size, name=self.name)
+        self.audit = self._open_audit(audit)
 
     @property
     def max_batch_size(self) -> int:
         """Most calls decoding at once (the others wait in arrival order)."""
         return self.scheduler.max_batch_size
+
+    def _open_audit(self, audit: Any) -> Any:
+        """The AuditLog of ``audit=`` (None: no audit); the models' fingerprints are computed now,
+        once, so that the first answer does not wait for them."""
+        if audit is None:
+            return None
+        from .audit import AuditLog
+        from .calibrated import pair_fingerprints
+
+        log = audit if isinstance(audit, AuditLog) else AuditLog.open(audit)
+        pair_fingerprints(self.base, self.guides)
+        return log
 
     @classmethod
     def from_profile(cls, path: Any, base: ModelLike | None = None,
@@ -345,8 +365,9 @@ class BlendedLLM:
         presence_penalty: float = 0.0,
         no_repeat_ngram_size: int = 0,
         **config_overrides: Any,
-    ) -> tuple[Generation, list[bool]]:
-        """Check a call's arguments and make its ``Generation`` (see ``stream``)."""
+    ) -> tuple[Generation, list[bool], Any]:
+        """Check a call's arguments; its ``Generation``, the guides taking part, and its audit
+        (a ``StreamAudit``, or None without an audit log)."""
         for flag, value in (("trace", trace), ("logprobs", logprobs),
                             ("parallel_tool_calls", parallel_tool_calls)):
             if not isinstance(value, bool):
@@ -359,18 +380,37 @@ class BlendedLLM:
                                 frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty,
                                 no_repeat_ngram_size=no_repeat_ngram_size)
+        asked = None if self.audit is None else dict(  # AUDIT: the call's parameters, as asked
+            params=dataclasses.asdict(params), tools=tools, tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls, response_format=response_format,
+            trace=trace, overrides=config_overrides)
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(config_overrides)
-        return self._prepare(
+        gen, active = self._prepare(
             prompt, params, config, trace, tools, tool_choice, response_format,
             parallel_tool_calls,
         )
+        return gen, active, self._audit_call(prompt, asked, config)
 
-    def _submit(self, gen: Generation, active: list[bool], sink: Any) -> Request:
-        """Hand ``gen`` to the scheduler; its events go to ``sink``."""
+    def _audit_call(self, prompt: PromptLike, asked: dict | None, config: BlendConfig) -> Any:
+        """The ``StreamAudit`` of one call (None without an audit log)."""
+        if self.audit is None:
+            return None
+        from .audit import StreamAudit
+
+        request = {"prompt": prompt} if isinstance(prompt, str) else \
+            {"messages": normalize_messages(prompt)}
+        return StreamAudit(self.audit, self, config, {**request, "params": asked})
+
+    def _submit(self, gen: Generation, active: list[bool], sink: Any, audit: Any = None
+                ) -> Request:
+        """Hand ``gen`` to the scheduler; its events go to ``sink``. With an audit log the
+        answer's record is committed before its final event reaches ``sink``."""
         def finished(event: StreamEvent) -> None:  # on the decoding thread, before the caller
             self.guide_monitor.observe(event.result.reliability, gen.config.mitigation, active)
+            if audit is not None:  # AUDIT: durable before the caller sees the end
+                audit.finish(event.result)
 
         return self.scheduler.submit(gen, sink, finished)
 
@@ -382,11 +422,13 @@ class BlendedLLM:
             "BlendedLLM(lock_timeout=...)"
         )
 
-    def _events(self, gen: Generation, active: list[bool]) -> Iterator[StreamEvent]:
+    def _events(self, gen: Generation, active: list[bool], audit: Any = None
+                ) -> Iterator[StreamEvent]:
         """``gen``'s events as the scheduler makes them. Closing the stream (or dropping it)
-        frees its row at the next step."""
+        frees its row at the next step; with an audit log, a stream left before its end is
+        recorded as such."""
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        req = self._submit(gen, active, lambda event, error: inbox.put((event, error)))
+        req = self._submit(gen, active, lambda event, error: inbox.put((event, error)), audit)
         try:
             while True:
                 try:
@@ -395,9 +437,15 @@ class BlendedLLM:
                     raise self._busy("a row" if req.admitted is None else "the next token")
                 if error is not None:
                     raise error
+                if audit is not None and not event.done:
+                    audit.saw(event)
                 yield event
                 if event.done:
                     return
+        except BaseException as exc:
+            if audit is not None:  # AUDIT: a stream left or failed before its end
+                audit.abandon(exc)
+            raise
         finally:
             req.cancel()
 
@@ -405,7 +453,7 @@ class BlendedLLM:
         """``stream`` for asyncio: the call joins the same running batch; the event loop keeps
         running while it decodes. Leaving the loop early (or cancelling) frees its row at the next
         step."""
-        gen, active = await asyncio.to_thread(self._start, prompt, **kwargs)
+        gen, active, audit = await asyncio.to_thread(self._start, prompt, **kwargs)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         req: Request | None = None
@@ -417,7 +465,7 @@ class BlendedLLM:
                 if req is not None:
                     req.cancel()
 
-        req = self._submit(gen, active, sink)
+        req = self._submit(gen, active, sink, audit)
         try:
             while True:
                 try:
@@ -426,9 +474,15 @@ class BlendedLLM:
                     raise self._busy("a row" if req.admitted is None else "the next token")
                 if error is not None:
                     raise error
+                if audit is not None and not event.done:
+                    audit.saw(event)
                 yield event
                 if event.done:
                     return
+        except BaseException as exc:
+            if audit is not None:  # AUDIT: a stream left or failed before its end
+                audit.abandon(exc)
+            raise
         finally:
             req.cancel()
 
@@ -458,8 +512,8 @@ class BlendedLLM:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         reqs = [self._submit(gen, active,
                              lambda event, error, i=i: event is not None and not event.done
-                             or inbox.put((i, event, error)))
-                for i, (gen, active) in enumerate(started)]
+                             or inbox.put((i, event, error)), audit)
+                for i, (gen, active, audit) in enumerate(started)]
         results: list[BlendResult | None] = [None] * len(reqs)
         try:
             for _ in reqs:
@@ -470,6 +524,11 @@ class BlendedLLM:
                 if error is not None:
                     raise error
                 results[i] = event.result
+        except BaseException as exc:
+            for _, _, audit in started:
+                if audit is not None:  # AUDIT: the answers that did not finish
+                    audit.abandon(exc)
+            raise
         finally:
             for r in reqs:
                 r.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
@@ -141,7 +142,14 @@ class TokenLogprob(BaseModel):
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
+def new_result_id() -> str:
+    """A fresh answer id, OpenAI-style: ``"cmpl-"`` and 32 hex digits of a random UUID."""
+    return "cmpl-" + uuid.uuid4().hex
+
+
 class BlendResult(BaseModel):
+    id: str = Field(default_factory=new_result_id,
+                    description="this answer's id, unique (the key of its audit record)")
     text: str = Field(description="the answer's text (tool-call markup excluded)")
     finish_reason: Literal["stop", "length", "tool_calls"]
     stop_sequence: Optional[str] = Field(

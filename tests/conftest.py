@@ -71,3 +71,29 @@ def same_numbers(a, b, rel=1e-4, abs_=1e-5):
     if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
         return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
     return a == b
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/pgserver.py), torn down after. Outside CI
+    the tests that need it skip when PostgreSQL is not installed; in CI (CI=true, where .ci/run
+    installs it) they fail instead."""
+    import os
+
+    from pgserver import PostgresServer, bindir
+
+    missing = None
+    if bindir() is None:
+        missing = "PostgreSQL is not installed (no initdb/pg_ctl): apt-get install postgresql"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            missing = "psycopg is not installed: pip install -e '.[postgres]'"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} (CI must run the PostgreSQL tests)")
+        pytest.skip(missing)
+    server = PostgresServer(bindir()).start()
+    yield server
+    server.stop()

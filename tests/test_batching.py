@@ -143,7 +143,7 @@ def test_requests_beyond_max_batch_size_wait_in_arrival_order(base_model, guide_
     started = [llm._start(p, max_new_tokens=6, ignore_eos=True) for p in PROMPTS]
     with llm._lock:  # the models are busy while all six arrive
         reqs = [llm._submit(gen, active, lambda e, err, i=i: e is not None and e.done and
-                            done.put(i)) for i, (gen, active) in enumerate(started)]
+                            done.put(i)) for i, (gen, active, _) in enumerate(started)]
         time.sleep(0.05)
         assert llm.scheduler.queued + llm.scheduler.running == 6
     order = [done.get(timeout=60) for _ in reqs]

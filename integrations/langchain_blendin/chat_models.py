@@ -124,6 +124,7 @@ def _logprobs(entries: list | None) -> dict[str, Any] | None:
 
 def _final_metadata(res: BlendResult) -> dict[str, Any]:
     meta = {
+        "id": res.id,  # the answer's id, also its audit record's (BlendedLLM(audit=...))
         "model_name": res.model,
         "model_provider": "blendin",
         "finish_reason": res.finish_reason,
