@@ -7,10 +7,12 @@ Shapes (random init, nothing downloaded): a base shaped like SmolLM2-135M (576 h
 float32 on CPU, with SmolLM2's tokenizer from the conversion cache (run ``scripts/setup.sh``
 first). gamma is set from the base's own top-1 probabilities so that about 10 % of steps consult
 the guide. Prompts: GSM8K test questions. Every answer runs its full ``--tokens`` (``ignore_eos``).
+Every measured run starts with the prompt-prefix cache empty, so it computes its prompts (as
+transformers' ``generate`` does).
 
 Printed, all measured in this run:
-- a table: concurrency 1/4/8/16 x strategy -> aggregate tokens/s, speed-up over the same requests
-  run one after another, interventions;
+- a table: concurrency 1/4/8/16 x strategy -> aggregate tokens/s, speed-up over requests run one
+  after another (8 of them), interventions, answers identical to the one-after-another ones;
 - at concurrency 8: the ratio to transformers' batched ``generate`` of the base alone (same
   prompts, left padding, greedy, same number of tokens);
 - concurrency 1 against the engine of ``--baseline-ref`` (a git ref, e.g. the commit before
@@ -77,8 +79,16 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cold(llm: BlendedLLM) -> None:
+    """Forget cached prompts, so every measured run computes its prompts (as generate does)."""
+    for m in (llm.base, *llm.guides):
+        if getattr(m, "prefix_cache", None) is not None:
+            m.prefix_cache.clear()
+
+
 def run_concurrent(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[float, list]:
     """Wall time of len(ps) requests sent at once from threads, and their results."""
+    cold(llm)
     out: list = [None] * len(ps)
 
     def work(i: int) -> None:
@@ -94,6 +104,7 @@ def run_concurrent(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[f
 
 
 def run_sequential(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[float, list]:
+    cold(llm)
     t = time.perf_counter()
     out = [llm.generate(p, max_new_tokens=tokens, ignore_eos=True, **kw) for p in ps]
     return time.perf_counter() - t, out
@@ -124,6 +135,9 @@ llm = BlendedLLM((base, tok), [(guide, tok)], BlendConfig(**cfg))
 ps = b.prompts(int(sys.argv[5]))
 tokens = int(sys.argv[4])
 llm.generate(ps[0], max_new_tokens=4, ignore_eos=True)
+for m in (llm.base, *llm.guides):
+    if getattr(m, "prefix_cache", None) is not None:
+        m.prefix_cache.clear()
 t = time.perf_counter()
 for p in ps:
     llm.generate(p, max_new_tokens=tokens, ignore_eos=True)
@@ -153,7 +167,7 @@ def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--baseline-ref", default=None,
                     help="git ref of the engine to compare concurrency 1 with")
     ap.add_argument("--default-pair", action="store_true")
@@ -182,14 +196,15 @@ def main() -> None:
     rss0 = maxrss_mb()
     rss_at: dict[int, float] = {}
     for name, kw in strategies.items():
-        seq_t, seq = run_sequential(llm, ps[:max(levels)], n_tok, **kw)
+        seq_t, seq = run_sequential(llm, ps[:8], n_tok, **kw)
         seq_tps = len(seq) * n_tok / seq_t
         for c in levels:
             wall, res = run_concurrent(llm, ps[:c], n_tok, **kw)
             tps = c * n_tok / wall
             iv = sum(r.reliability.interventions for r in res) / (c * n_tok)
-            same = sum(r.token_ids == s.token_ids for r, s in zip(res, seq[:c]))
-            rows.append((name, c, tps, tps / seq_tps, iv, same, c))
+            n = min(c, len(seq))
+            same = sum(r.token_ids == s.token_ids for r, s in zip(res, seq[:n]))
+            rows.append((name, c, tps, tps / seq_tps, iv, same, n))
             rss_at[c] = max(rss_at.get(c, 0.0), maxrss_mb())
         rows.append((name, "seq", seq_tps, 1.0, None, None, None))
 

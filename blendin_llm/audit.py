@@ -26,6 +26,7 @@ when a ``postgresql://`` URL is opened.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -899,7 +900,9 @@ class StreamAudit:
         self.ended = True
         from .results import new_result_id
 
-        reason = "abandoned" if exc is None or isinstance(exc, GeneratorExit) else "error"
+        # the caller stopped reading: it closed the stream, or cancelled the task reading it
+        left = exc is None or isinstance(exc, (GeneratorExit, asyncio.CancelledError))
+        reason = "abandoned" if left else "error"
         partial = {"text": "".join(self.parts), "finish_reason": reason,
                    "usage": {"completion_tokens": self.tokens}}
         if reason == "error":
