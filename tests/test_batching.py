@@ -253,3 +253,24 @@ def test_a_shared_prompt_prefix_is_computed_once(base_model, guide_model, tok):
     assert again.token_ids == got[0].token_ids and again.reliability == got[0].reliability
     with pytest.raises(ConfigError, match="prefix_cache_tokens"):
         BlendedLLM((base_model, tok), [(guide_model, tok)], prefix_cache_tokens=-1)
+
+
+def test_prompts_of_different_lengths_share_one_left_padded_pass(base_model, tok):
+    be = TransformersBackend(base_model, tok)
+    be.prefix_cache = None
+    prompts = [tok(p).input_ids for p in PROMPTS]
+    assert len({len(p) for p in prompts}) > 2
+    states = [be.new_state() for _ in prompts]
+    calls = []
+    run = be._run_group
+    be._run_group = lambda *a: calls.append(len(a[0])) or run(*a)
+    out = be.forward_batch(states, prompts, [1] * len(prompts))
+    assert calls == [len(prompts)]  # one pass for all the prompts
+    for s, o in zip(states, out):
+        assert torch.isfinite(o).all()
+        torch.testing.assert_close(o, _solo_logits(base_model, s.tokens), atol=1e-4, rtol=1e-4)
+    for step in range(4):  # then they decode together, each as alone
+        out = be.forward_batch(states, [[10 + step]] * len(states), [1] * len(states))
+        for s, o in zip(states, out):
+            torch.testing.assert_close(o, _solo_logits(base_model, s.tokens), atol=1e-4,
+                                       rtol=1e-4)

@@ -151,16 +151,28 @@ class KVBatch:
         self.mask = mask
 
     def forward(self, model: Any, ids: list[list[int]], n_last: int) -> torch.Tensor:
-        """Run every row on its ``ids`` (all of the same length); float32 logits
-        ``[rows, n_last, width]``."""
-        t = len(ids[0])
+        """Run every row on its ``ids``; float32 logits ``[rows, n_last, width]``. Rows with a
+        past feed the same number of tokens; rows without one (prompts) may differ in length and
+        are padded on the left, as in transformers' ``generate`` (``n_last`` <= the shortest)."""
+        news = [len(x) for x in ids]
+        t = max(news)
+        ragged = any(n != t for n in news)
+        if ragged and any(self.lens):
+            raise ValueError("rows with a past must feed the same number of tokens")
         self.reserve(t)
         device = self.mask.device
         end = self.used + t
-        self.mask[:, self.used:end] = 1
-        lens = torch.tensor(self.lens, dtype=torch.long, device=device)
-        positions = lens[:, None] + torch.arange(t, device=device)
-        padded = any(length < self.used for length in self.lens)
+        if ragged:  # prompts of different lengths: left padding, positions from 0 for each
+            for i, x in enumerate(ids):
+                self.mask[i, end - len(x):end] = 1
+            positions = torch.tensor([[0] * (t - len(x)) + list(range(len(x))) for x in ids],
+                                     dtype=torch.long, device=device)
+            ids = [[x[0]] * (t - len(x)) + x for x in ids]
+        else:
+            self.mask[:, self.used:end] = 1
+            lens = torch.tensor(self.lens, dtype=torch.long, device=device)
+            positions = lens[:, None] + torch.arange(t, device=device)
+        padded = ragged or any(length < self.used for length in self.lens)
         out = model(
             input_ids=torch.tensor(ids, dtype=torch.long, device=device),
             attention_mask=self.mask[:, :end] if padded else None,
@@ -169,7 +181,7 @@ class KVBatch:
         )
         self.pasts = []
         self.used = end
-        self.lens = [length + t for length in self.lens]
+        self.lens = [length + n for length, n in zip(self.lens, news)]
         return out.logits[:, -n_last:].float()
 
 

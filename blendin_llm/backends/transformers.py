@@ -179,10 +179,16 @@ class TransformersBackend(ModelBackend):
                     ids[i] = ids[i][n:]
                     if logits is not None:  # the whole prompt, seen before
                         out[i] = logits
+        # rows that feed the same number of tokens share a pass; so do prompts (rows without a
+        # past), whatever their lengths, left-padded
         groups: dict[int, list[int]] = {}
         for i, new in enumerate(ids):
             if out[i] is None:
-                groups.setdefault(len(new), []).append(i)
+                groups.setdefault(-1 if not states[i].tokens else len(new), []).append(i)
+        fresh = groups.get(-1, [])
+        if len(fresh) > 1 and max(n_last[i] for i in fresh) > min(len(ids[i]) for i in fresh):
+            for i in groups.pop(-1):  # a prompt shorter than the logits asked of the group
+                groups[-2 - i] = [i]
         for rows in groups.values():
             logits = self._run_group([states[i] for i in rows], [ids[i] for i in rows],
                                      max(n_last[i] for i in rows))
@@ -198,11 +204,12 @@ class TransformersBackend(ModelBackend):
 
     def _run_group(self, states: list[SequenceState], ids: list[list[int]],
                    n_last: int) -> torch.Tensor:
-        """Run rows that feed the same number of tokens; logits ``[rows, n_last, width]``."""
+        """Run rows that feed the same number of tokens (or prompts); logits
+        ``[rows, n_last, width]``."""
         batch = self._reusable(states)
         if batch is None:
             batch = KVBatch([own_row(s.cache) for s in states], [len(s.tokens) for s in states],
-                            self._n_layers, self.device, reserve=len(ids[0]) + 32)
+                            self._n_layers, self.device, reserve=max(map(len, ids)) + 32)
         logits = batch.forward(self.model, ids, n_last)
         for i, (s, new) in enumerate(zip(states, ids)):
             s.tokens.extend(new)
