@@ -156,13 +156,22 @@ def solo_in_process(src: Path, cfg: dict, tokens: int, n: int) -> float:
 
 
 def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int) -> float:
-    """The gamma under which about ``rate`` of the base's steps are unsure (base_only traces)."""
+    """A gamma under which about ``rate`` of blendin's steps consult the guide: the quantile of
+    the base's top-1 probabilities (its traces), corrected once for the blended answers' own
+    rate (a blended token changes what follows)."""
     tops = []
     for res in llm.generate_batch(ps, max_new_tokens=tokens, ignore_eos=True, trace=True,
                                   strategy="base_only"):
         tops += [t.base_top1 for t in res.reliability.trace]
     tops.sort()
-    return tops[int(rate * len(tops))]
+    q = rate
+    for _ in range(2):
+        gamma = tops[min(int(q * len(tops)), len(tops) - 1)]
+        got = llm.generate_batch(ps, max_new_tokens=tokens, ignore_eos=True, strategy="blendin",
+                                 gamma=gamma)
+        seen = sum(r.reliability.interventions for r in got) / (len(ps) * tokens)
+        q = min(0.9, q * rate / max(seen, 1e-3))
+    return gamma
 
 
 def main() -> None:
@@ -187,7 +196,7 @@ def main() -> None:
     base = random_model(tok, BASE_SHAPE, 0)
     guide = random_model(tok, GUIDE_SHAPE, 1)
     llm = BlendedLLM((base, tok), [(guide, tok)], max_batch_size=max(levels))
-    gamma = gamma_for_rate(llm, ps[:8], 0.10, n_tok)
+    gamma = gamma_for_rate(llm, ps[:8], 0.10, min(n_tok, 64))
     print(f"# shapes: base {BASE_SHAPE}, guide {GUIDE_SHAPE}, vocab {len(tok)}, float32, "
           f"{torch.get_num_threads()} threads; {n_tok} tokens per answer; gamma={gamma:.3g} "
           "(~10% of the base's steps)")
