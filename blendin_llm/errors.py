@@ -20,11 +20,10 @@ class GenerationArgumentError(BlendInError, ValueError):
 
 
 class BusyError(BlendInError, TimeoutError):
-    """A call waited longer than ``BlendedLLM(lock_timeout=...)`` for its turn at the models.
-
-    Calls take turns one decoding step at a time, so a wait this long means another call's single
-    step (usually reading a very long prompt) ran that long, or very many calls are decoding at
-    once. Retry, send fewer calls at a time, or raise ``lock_timeout``."""
+    """A call waited longer than ``BlendedLLM(lock_timeout=...)``: for a row in the running batch
+    (``max_batch_size`` calls were decoding and it was still queued), for its next token, or for
+    the models while encoding its prompt. Retry, send fewer calls at a time, raise
+    ``max_batch_size``, or raise ``lock_timeout``."""
 
 
 class ModelLoadError(BlendInError, RuntimeError):
