@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -183,6 +184,7 @@ def main() -> None:
     ap.add_argument("--pair-tokens", type=int, default=48,
                     help="tokens per answer on the default pair (it decodes slower)")
     ap.add_argument("--levels", default="1,4,8,16")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads (1 on a machine that other jobs share: oversubscribed "
                          "threads spin and distort every number)")
@@ -199,43 +201,54 @@ def main() -> None:
     gamma = gamma_for_rate(llm, ps[:8], 0.10, min(n_tok, 64))
     print(f"# shapes: base {BASE_SHAPE}, guide {GUIDE_SHAPE}, vocab {len(tok)}, float32, "
           f"{torch.get_num_threads()} threads; {n_tok} tokens per answer; gamma={gamma:.3g} "
-          "(~10% of the base's steps)")
+          "(aimed at ~10% of blendin's steps)")
     strategies = {"base_only": dict(strategy="base_only"),
                   "blendin": dict(strategy="blendin", gamma=gamma, alpha="auto")}
 
-    rows = []
+    # Rounds: in each, every measurement once (one after another, each concurrency, transformers'
+    # generate), so a load swing on a shared machine hits all of them; the best round counts.
     rss0 = maxrss_mb()
     rss_at: dict[int, float] = {}
-    for name, kw in strategies.items():
-        seq_t, seq = run_sequential(llm, ps[:8], n_tok, **kw)
-        seq_tps = len(seq) * n_tok / seq_t
+    best: dict = {}
+    results: dict = {}
+
+    def keep(key, tps, res=None):
+        if tps > best.get(key, 0.0):
+            best[key] = tps
+        if res is not None:
+            results[key] = res
+
+    for _ in range(args.rounds):
+        for name, kw in strategies.items():
+            seq_t, seq = run_sequential(llm, ps[:8], n_tok, **kw)
+            keep((name, "seq"), len(seq) * n_tok / seq_t, seq)
+            for c in levels:
+                wall, res = run_concurrent(llm, ps[:c], n_tok, **kw)
+                keep((name, c), c * n_tok / wall, res)
+                rss_at[c] = max(rss_at.get(c, 0.0), maxrss_mb())
+        if 8 in levels:
+            keep(("generate", 8), 8 * n_tok / hf_batched(base, tok, ps[:8], n_tok))
+
+    print(f"\nbest of {args.rounds} rounds; speed-up = aggregate tokens/s over the same strategy's "
+          "requests run one after another")
+    print("\n| strategy | concurrency | tokens/s | x one-after-another | interventions | "
+          "same tokens as one after another |")
+    print("|---|---|---|---|---|---|")
+    for name in strategies:
+        seq_tps, seq = best[(name, "seq")], results[(name, "seq")]
         for c in levels:
-            wall, res = run_concurrent(llm, ps[:c], n_tok, **kw)
-            tps = c * n_tok / wall
+            res = results[(name, c)]
             iv = sum(r.reliability.interventions for r in res) / (c * n_tok)
             n = min(c, len(seq))
             same = sum(r.token_ids == s.token_ids for r, s in zip(res, seq[:n]))
-            rows.append((name, c, tps, tps / seq_tps, iv, same, n))
-            rss_at[c] = max(rss_at.get(c, 0.0), maxrss_mb())
-        rows.append((name, "seq", seq_tps, 1.0, None, None, None))
-
-    print("\n| strategy | concurrency | tokens/s | x one-after-another | interventions | "
-          "same tokens as solo |")
-    print("|---|---|---|---|---|---|")
-    for name, c, tps, ratio, iv, same, n in rows:
-        if c == "seq":
-            continue
-        print(f"| {name} | {c} | {tps:.1f} | {ratio:.2f}x | {iv:.1%} | {same}/{n} |")
-    for name, c, tps, *_ in rows:
-        if c == "seq":
-            print(f"one after another ({name}): {tps:.1f} tokens/s")
-
-    # transformers' batched generate of the base alone, at concurrency 8
-    c8 = [r for r in rows if r[1] == 8]
-    if c8:
-        hf_t = min(hf_batched(base, tok, ps[:8], n_tok) for _ in range(2))
-        hf_tps = 8 * n_tok / hf_t
-        for name, c, tps, *_ in c8:
+            tps = best[(name, c)]
+            print(f"| {name} | {c} | {tps:.1f} | {tps / seq_tps:.2f}x | {iv:.1%} | {same}/{n} |")
+    for name in strategies:
+        print(f"one after another ({name}): {best[(name, 'seq')]:.1f} tokens/s")
+    if ("generate", 8) in best:
+        hf_tps = best[("generate", 8)]
+        for name in strategies:
+            tps = best[(name, 8)]
             print(f"concurrency 8, {name}: {tps:.1f} tokens/s = {tps / hf_tps:.2f}x "
                   f"transformers generate (batch 8, base alone: {hf_tps:.1f} tokens/s)")
 
@@ -251,10 +264,11 @@ def main() -> None:
                            shell=True, check=True)
             cfg = dict(strategy="blendin", gamma=gamma, alpha="auto")
             new, old = [], []
-            for _ in range(2):
+            for _ in range(max(2, args.rounds)):
                 new.append(solo_in_process(ROOT, cfg, n_tok, 4))
                 old.append(solo_in_process(Path(tmp), cfg, n_tok, 4))
-            print(f"concurrency 1 (blendin, one process each, best of 2): this engine "
+            print(f"concurrency 1 (blendin, one process each, alternated, best of "
+                  f"{max(2, args.rounds)}): this engine "
                   f"{max(new):.1f} tokens/s, {args.baseline_ref} {max(old):.1f} tokens/s = "
                   f"{max(new) / max(old):.2f}x")
 
@@ -267,8 +281,12 @@ def main() -> None:
         kw = dict(strategy="blendin")
         run_concurrent(pair, dps[:2], 4, **kw)  # warm up
         p_tok = args.pair_tokens
-        seq_t, seq = run_sequential(pair, dps, p_tok, **kw)
-        wall, res = run_concurrent(pair, dps, p_tok, **kw)
+        seq_t = wall = math.inf
+        for _ in range(args.rounds):
+            t, seq = run_sequential(pair, dps, p_tok, **kw)
+            seq_t = min(seq_t, t)
+            t, res = run_concurrent(pair, dps, p_tok, **kw)
+            wall = min(wall, t)
         iv = sum(r.reliability.interventions for r in res) / (8 * p_tok)
         same = sum(r.token_ids == s.token_ids for r, s in zip(res, seq))
         print(f"default pair (cross-vocabulary), blendin, 8 requests: one after another "
