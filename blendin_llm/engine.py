@@ -504,6 +504,13 @@ class Generation:
                        lp=math.log(max(prob, 1e-30)),
                        steered=own is not None and int(token) != own_id)
 
+    def release(self) -> None:
+        """Let go of the models' caches (after the last event, or when abandoned): a finished
+        sequence that is still referenced (a result list, a traceback) keeps no keys and values."""
+        self.base_state.cache = None
+        for g in self.guides:
+            g.state.cache = None
+
     # -- the stream --------------------------------------------------------------------------
     def events(self) -> Iterator[StreamEvent]:
         """This sequence's events, decoded alone (its requests answered one by one)."""

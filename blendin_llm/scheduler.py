@@ -229,3 +229,4 @@ class Scheduler:
             except BaseException:
                 pass
             r.steps = None
+        r.gen.release()  # its caches (and the batch buffers they point into) can go now

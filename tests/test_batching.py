@@ -274,3 +274,26 @@ def test_prompts_of_different_lengths_share_one_left_padded_pass(base_model, tok
         for s, o in zip(states, out):
             torch.testing.assert_close(o, _solo_logits(base_model, s.tokens), atol=1e-4,
                                        rtol=1e-4)
+
+
+def test_finished_and_abandoned_rows_let_go_of_their_caches(make_llm):
+    llm = make_llm(gamma=0.5)
+    started = [llm._start(p, max_new_tokens=6) for p in PROMPTS[:3]]
+    done = []
+    reqs = [llm._submit(gen, active, lambda e, err: e is not None and e.done and done.append(e))
+            for gen, active, _ in started]
+    deadline = time.time() + 30
+    while len(done) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(done) == 3
+    for gen, _, _ in started:  # still referenced here, but holding no keys and values
+        assert gen.base_state.cache is None
+        assert all(g.state.cache is None for g in gen.guides)
+    stream = llm.stream(PROMPTS[0], max_new_tokens=50)
+    next(stream)
+    gen = llm.scheduler._active[0].gen
+    stream.close()
+    while gen.base_state.cache is not None and time.time() < deadline:
+        time.sleep(0.01)
+    assert gen.base_state.cache is None
+    assert all(r.over for r in reqs)
