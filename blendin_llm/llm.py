@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import inspect
 import math
 import queue
 import threading
@@ -60,6 +62,18 @@ def load_backend(model: ModelLike) -> ModelBackend:
         "a model must be a local path or hub id, a ModelSpec, a (model, tokenizer) pair or a "
         f"ModelBackend; got {type(model).__name__}"
     )
+
+
+# ``stream``'s arguments that go to ``SamplingParams`` as they are
+_PARAMS_AS_ASKED = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos",
+                    "repetition_penalty", "frequency_penalty", "presence_penalty",
+                    "no_repeat_ngram_size")
+
+
+@functools.lru_cache(maxsize=1)
+def _stream_signature() -> inspect.Signature:
+    """``BlendedLLM.stream``'s signature: every call's arguments are checked against it."""
+    return inspect.signature(BlendedLLM.stream)
 
 
 def _as_guide_list(guides: Any) -> list:
@@ -333,63 +347,34 @@ class BlendedLLM:
         ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
         instance's BlendConfig for this call only.
         """
-        return self._events(*self._start(
-            prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            top_k=top_k, seed=seed, stop=stop, trace=trace, ignore_eos=ignore_eos, tools=tools,
-            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
-            response_format=response_format, logprobs=logprobs, top_logprobs=top_logprobs,
-            repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-            **config_overrides))
+        call = {k: v for k, v in locals().items()
+                if k not in ("self", "prompt", "config_overrides")}
+        return self._events(*self._start(prompt, **call, **config_overrides))
 
-    def _start(
-        self,
-        prompt: PromptLike,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        trace: bool = False,
-        ignore_eos: bool = False,
-        tools: Sequence[dict] | None = None,
-        tool_choice: Any = None,
-        parallel_tool_calls: bool = False,
-        response_format: dict | None = None,
-        logprobs: bool = False,
-        top_logprobs: int = 0,
-        repetition_penalty: float = 1.0,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        no_repeat_ngram_size: int = 0,
-        **config_overrides: Any,
-    ) -> tuple[Generation, list[bool], Any]:
+    def _start(self, prompt: PromptLike, **kwargs: Any) -> tuple[Generation, list[bool], Any]:
         """Check a call's arguments; its ``Generation``, the guides taking part, and its audit
-        (a ``StreamAudit``, or None without an audit log)."""
-        for flag, value in (("trace", trace), ("logprobs", logprobs),
-                            ("parallel_tool_calls", parallel_tool_calls)):
-            if not isinstance(value, bool):
-                raise GenerationArgumentError(f"{flag} must be True or False, got {value!r}")
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p, top_k=top_k, seed=seed,
-                                stop=() if stop is None else stop, ignore_eos=ignore_eos,
-                                logprobs=top_logprobs if logprobs or top_logprobs else None,
-                                repetition_penalty=repetition_penalty,
-                                frequency_penalty=frequency_penalty,
-                                presence_penalty=presence_penalty,
-                                no_repeat_ngram_size=no_repeat_ngram_size)
+        (a ``StreamAudit``, or None without an audit log). ``kwargs`` are ``stream``'s."""
+        bound = _stream_signature().bind(self, prompt, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        overrides = a["config_overrides"]
+        for flag in ("trace", "logprobs", "parallel_tool_calls"):
+            if not isinstance(a[flag], bool):
+                raise GenerationArgumentError(f"{flag} must be True or False, got {a[flag]!r}")
+        params = SamplingParams(
+            stop=() if a["stop"] is None else a["stop"],
+            logprobs=a["top_logprobs"] if a["logprobs"] or a["top_logprobs"] else None,
+            **{k: a[k] for k in _PARAMS_AS_ASKED})
         asked = None if self.audit is None else dict(  # AUDIT: the call's parameters, as asked
-            params=dataclasses.asdict(params), tools=tools, tool_choice=tool_choice,
-            parallel_tool_calls=parallel_tool_calls, response_format=response_format,
-            trace=trace, overrides=config_overrides)
+            params=dataclasses.asdict(params), tools=a["tools"], tool_choice=a["tool_choice"],
+            parallel_tool_calls=a["parallel_tool_calls"],
+            response_format=a["response_format"], trace=a["trace"], overrides=overrides)
         if self.turn_stops:
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
-        config = self._resolve_config(config_overrides)
+        config = self._resolve_config(overrides)
         gen, active = self._prepare(
-            prompt, params, config, trace, tools, tool_choice, response_format,
-            parallel_tool_calls,
+            prompt, params, config, a["trace"], a["tools"], a["tool_choice"],
+            a["response_format"], a["parallel_tool_calls"],
         )
         return gen, active, self._audit_call(prompt, asked, config)
 
