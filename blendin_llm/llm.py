@@ -407,6 +407,18 @@ class BlendedLLM:
             "BlendedLLM(lock_timeout=...)"
         )
 
+    def _received(self, req: Request, audit: Any, got: tuple | None) -> StreamEvent:
+        """What the scheduler sent a stream (``(event, error)``, or None after ``lock_timeout``):
+        the event (counted for the audit), or the call's error raised."""
+        if got is None:
+            raise self._busy("a row" if req.admitted is None else "the next token")
+        event, error = got
+        if error is not None:
+            raise error
+        if audit is not None and not event.done:
+            audit.saw(event)
+        return event
+
     def _events(self, gen: Generation, active: list[bool], audit: Any = None
                 ) -> Iterator[StreamEvent]:
         """``gen``'s events as the scheduler makes them. Closing the stream (or dropping it)
@@ -417,13 +429,10 @@ class BlendedLLM:
         try:
             while True:
                 try:
-                    event, error = inbox.get(timeout=self.lock_timeout)
+                    got = inbox.get(timeout=self.lock_timeout)
                 except queue.Empty:
-                    raise self._busy("a row" if req.admitted is None else "the next token")
-                if error is not None:
-                    raise error
-                if audit is not None and not event.done:
-                    audit.saw(event)
+                    got = None
+                event = self._received(req, audit, got)
                 yield event
                 if event.done:
                     return
@@ -454,13 +463,10 @@ class BlendedLLM:
         try:
             while True:
                 try:
-                    event, error = await asyncio.wait_for(inbox.get(), self.lock_timeout)
+                    got = await asyncio.wait_for(inbox.get(), self.lock_timeout)
                 except asyncio.TimeoutError:
-                    raise self._busy("a row" if req.admitted is None else "the next token")
-                if error is not None:
-                    raise error
-                if audit is not None and not event.done:
-                    audit.saw(event)
+                    got = None
+                event = self._received(req, audit, got)
                 yield event
                 if event.done:
                     return
