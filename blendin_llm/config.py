@@ -305,7 +305,9 @@ class ModelSpec:
 
     ``source``: a local directory or hub id for transformers (more sources arrive with later releases).
     ``model`` / ``tokenizer``: already-loaded transformers objects (then ``source`` is only a name).
-    ``dtype``: "auto", "float32", "bfloat16", "float16".  ``device``: "cpu", "cuda", "cuda:1", ...
+    ``dtype``: "auto", "float32", "bfloat16", "float16". "auto" is the checkpoint's dtype on a
+    GPU; on a CPU, bfloat16 where the CPU computes it natively and faster, float32 elsewhere
+    (``blendin_llm.backends.cpu``; ``BLENDIN_CPU_DTYPE`` overrides).  ``device``: "cpu", "cuda", "cuda:1", ...
     ``prompt_format``: "chat" uses the tokenizer's chat template; "plain" renders
       ``User: ...\\nAssistant:`` turns (configurable prefixes) for base models; "raw" feeds a string
       prompt verbatim (message contents are joined by newlines); "auto" = "chat" when the tokenizer

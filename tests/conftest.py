@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -6,6 +8,9 @@ from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
 from tiny import make_model, make_tokenizer
 
 torch.set_num_threads(2)
+# the mechanics tests compare float32 numbers (and their subprocesses inherit this); dtype="auto"
+# picking bfloat16 on a CPU with native bf16 has its own tests (test_cpu_dtype.py)
+os.environ.setdefault("BLENDIN_CPU_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")
