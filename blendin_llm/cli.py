@@ -790,8 +790,7 @@ def audit_stats(
     flagged: Optional[bool] = _FLAGGED,
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
 ) -> None:
-    """Answers, flagged share, reliability score distribution and mean intervention rate per
-    day, model or tenant."""
+    """Per day, model or tenant: answers, flagged share, score spread, intervention rate."""
     with _errors():
         with _audit_log(audit) as log:
             rows = log.stats(by=by, **_audit_filters(since, until, tenant, model, flagged))

@@ -597,3 +597,37 @@ def test_framework_faces_over_an_audited_llm_record_their_answers(audited, sqlit
     assert len(ids) == 3 and ids[0] == msg.response_metadata["id"]
     assert ids[1] == [c for c in chunks if c.response_metadata.get("id")][-1].response_metadata["id"]
     assert ids[2] == resp.raw["id"]
+
+
+def test_generate_batch_records_every_answer(audited, sqlite_url):
+    llm = audited(sqlite_url)
+    prompts = ["hello there", "the quick", "naive cafe"]
+    results = llm.generate_batch(prompts, max_new_tokens=5)
+    recs = {r.id: r for r in llm.audit.records()}
+    assert set(recs) == {r.id for r in results}
+    for p, res in zip(prompts, results):
+        assert recs[res.id].record["request"]["prompt"] == p
+        assert recs[res.id].record["response"]["text"] == res.text
+    assert llm.audit.verify().ok
+
+
+def test_a_cancelled_astream_is_recorded_as_abandoned(audited, sqlite_url):
+    llm = audited(sqlite_url)
+
+    async def read_then_cancel():
+        seen = asyncio.Event()
+
+        async def reader():
+            async for _ in llm.astream("hello there", max_new_tokens=50, ignore_eos=True):
+                seen.set()
+
+        task = asyncio.create_task(reader())
+        await seen.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(read_then_cancel())
+    (rec,) = list(llm.audit.records())
+    assert rec.record["response"]["finish_reason"] == "abandoned"
+    assert rec.record["response"]["usage"]["completion_tokens"] >= 1
