@@ -58,13 +58,18 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsm8k" /
-                                          "test.jsonl"))
+    ap.add_argument("--data", default=None, help="GSM8K test JSONL (default: "
+                    "../shared/data/gsm8k/test.jsonl beside the checkout)")
     args = ap.parse_args()
+    data = Path(args.data) if args.data else next(
+        (p for p in (ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl",
+                     Path("/work/shared/data/gsm8k/test.jsonl")) if p.exists()), None)
+    if data is None:
+        sys.exit("no GSM8K data: pass --data PATH")
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
         for dtype in ("float32", "bfloat16"):
-            got = run(dtype, args.prompts, args.tokens, Path(args.data))
+            got = run(dtype, args.prompts, args.tokens, data)
             if dtype not in best:
                 best[dtype] = got
             else:
