@@ -263,7 +263,7 @@ def test_prompts_of_different_lengths_share_one_left_padded_pass(base_model, tok
     states = [be.new_state() for _ in prompts]
     calls = []
     run = be._run_group
-    be._run_group = lambda *a: calls.append(len(a[0])) or run(*a)
+    be._run_group = lambda *a, **k: calls.append(len(a[0])) or run(*a, **k)
     out = be.forward_batch(states, prompts, [1] * len(prompts))
     assert calls == [len(prompts)]  # one pass for all the prompts
     for s, o in zip(states, out):
@@ -297,3 +297,26 @@ def test_finished_and_abandoned_rows_let_go_of_their_caches(make_llm):
         time.sleep(0.01)
     assert gen.base_state.cache is None
     assert all(r.over for r in reqs)
+
+
+def test_rows_catching_up_on_different_numbers_of_tokens_share_one_pass(base_model, tok):
+    be = TransformersBackend(base_model, tok)
+    be.prefix_cache = None
+    assert not be._sliding
+    states = [be.new_state() for _ in PROMPTS[:4]]
+    be.forward_batch(states, [tok(p).input_ids for p in PROMPTS[:4]], [1] * 4)
+    calls = []
+    run = be._run_group
+    be._run_group = lambda *a, **k: calls.append(len(a[0])) or run(*a, **k)
+    for step in range(3):  # a guide consulted after 1, 2, 3 or 5 skipped tokens, then decoding
+        new = [[20 + step + j for j in range(n)] for n in (1, 2, 3, 5)]
+        out = be.forward_batch(states, new, [1, 2, 1, 3])
+        for s, o, n in zip(states, out, (1, 2, 1, 3)):
+            with torch.no_grad():
+                ref = base_model(torch.tensor([s.tokens])).logits[0, -n:].float()
+            torch.testing.assert_close(o, ref[-1] if n == 1 else ref, atol=1e-4, rtol=1e-4)
+        out = be.forward_batch(states, [[7]] * 4, [1] * 4)
+        for s, o in zip(states, out):
+            torch.testing.assert_close(o, _solo_logits(base_model, s.tokens), atol=1e-4,
+                                       rtol=1e-4)
+    assert calls == [1, 3, 4] * 3  # the single token alone, the catch-ups together, then all

@@ -150,23 +150,31 @@ class KVBatch:
         mask[:, :self.mask.shape[1]] = self.mask
         self.mask = mask
 
-    def forward(self, model: Any, ids: list[list[int]], n_last: int) -> torch.Tensor:
-        """Run every row on its ``ids``; float32 logits ``[rows, n_last, width]``. Rows with a
-        past feed the same number of tokens; rows without one (prompts) may differ in length and
-        are padded on the left, as in transformers' ``generate`` (``n_last`` <= the shortest)."""
+    def forward(self, model: Any, ids: list[list[int]], n_last: int,
+                holes: bool = False) -> torch.Tensor:
+        """Run every row on its ``ids``; float32 logits of the last ``n_last`` positions
+        ``[rows, n_last, width]`` (a row's own are the last of its tokens it asked for).
+
+        Rows that feed fewer tokens than the longest are padded on the left of their new tokens,
+        with the padding masked: for a row without a past this is transformers' left-padded
+        prompt; for a row with one (``holes``: only for models without sliding-window layers,
+        whose window would count the padding) the padding sits between its past and its new
+        tokens, and the row's past is moved up to its new tokens after the pass, so no hole
+        stays."""
         news = [len(x) for x in ids]
         t = max(news)
         ragged = any(n != t for n in news)
-        if ragged and any(self.lens):
+        if ragged and not holes and any(self.lens):
             raise ValueError("rows with a past must feed the same number of tokens")
         self.reserve(t)
         device = self.mask.device
         end = self.used + t
-        if ragged:  # prompts of different lengths: left padding, positions from 0 for each
-            for i, x in enumerate(ids):
-                self.mask[i, end - len(x):end] = 1
-            positions = torch.tensor([[0] * (t - len(x)) + list(range(len(x))) for x in ids],
-                                     dtype=torch.long, device=device)
+        if ragged:  # left padding of the new tokens; positions continue each row's own count
+            for i, n in enumerate(news):
+                self.mask[i, end - n:end] = 1
+            positions = torch.tensor(
+                [[length] * (t - n) + list(range(length, length + n))
+                 for length, n in zip(self.lens, news)], dtype=torch.long, device=device)
             ids = [[x[0]] * (t - len(x)) + x for x in ids]
         else:
             self.mask[:, self.used:end] = 1
@@ -180,9 +188,24 @@ class KVBatch:
             logits_to_keep=n_last,
         )
         self.pasts = []
+        if ragged:
+            self._close_holes(news, t)
         self.used = end
         self.lens = [length + n for length, n in zip(self.lens, news)]
         return out.logits[:, -n_last:].float()
+
+    def _close_holes(self, news: list[int], t: int) -> None:
+        """Move each padded row's past up against its new tokens (before ``used`` advances)."""
+        for i, (length, n) in enumerate(zip(self.lens, news)):
+            gap = t - n
+            if not gap or not length:
+                continue
+            start = self.used - length
+            for layer in self.layers:
+                for buf in (layer.buf_k, layer.buf_v):
+                    buf[i, :, start + gap:self.used + gap] = buf[i, :, start:self.used].clone()
+            self.mask[i, start:start + gap] = 0
+            self.mask[i, start + gap:self.used + gap] = 1
 
 
 class PrefixCache:

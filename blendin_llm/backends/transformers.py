@@ -75,6 +75,10 @@ class TransformersBackend(ModelBackend):
         self._width = int(model.get_output_embeddings().weight.shape[0])
         self._n_tokens = self._check_sizes(model, tokenizer)
         self._n_layers = int(self._config.num_hidden_layers)
+        # sliding-window layers count masked padding inside their window: no padding there
+        types = getattr(self._config, "layer_types", None) or ()
+        self._sliding = bool(getattr(self._config, "sliding_window", None)) and (
+            not types or any("sliding" in str(x) for x in types))
         # pasts of recent prompts (``PrefixCache``); None turns it off
         self.prefix_cache: PrefixCache | None = PrefixCache()
 
@@ -180,19 +184,24 @@ class TransformersBackend(ModelBackend):
                     ids[i] = ids[i][n:]
                     if logits is not None:  # the whole prompt, seen before
                         out[i] = logits
-        # rows that feed the same number of tokens share a pass; so do prompts (rows without a
-        # past), whatever their lengths, left-padded
-        groups: dict[int, list[int]] = {}
+        # rows that feed one token (a decoding step) share a pass; so do prompts (rows without a
+        # past), left-padded, and, in a model without sliding-window layers, rows that feed
+        # several tokens (a guide catching up, a rollback), padded between past and new tokens;
+        # in a sliding-window model those share a pass only when they feed as many tokens
+        groups: dict[Any, list[int]] = {}
         for i, new in enumerate(ids):
-            if out[i] is None:
-                groups.setdefault(-1 if not states[i].tokens else len(new), []).append(i)
-        fresh = groups.get(-1, [])
-        if len(fresh) > 1 and max(n_last[i] for i in fresh) > min(len(ids[i]) for i in fresh):
-            for i in groups.pop(-1):  # a prompt shorter than the logits asked of the group
-                groups[-2 - i] = [i]
-        for rows in groups.values():
+            if out[i] is not None:
+                continue
+            if not states[i].tokens:
+                key: Any = "prompts"
+            elif len(new) == 1 or self._sliding:
+                key = len(new)
+            else:
+                key = "several"
+            groups.setdefault(key, []).append(i)
+        for key, rows in groups.items():  # (each row's logits are its own last positions)
             logits = self._run_group([states[i] for i in rows], [ids[i] for i in rows],
-                                     max(n_last[i] for i in rows))
+                                     max(n_last[i] for i in rows), holes=key == "several")
             for j, i in enumerate(rows):
                 row = logits[j, -n_last[i]:]
                 out[i] = row[-1] if n_last[i] == 1 else row
@@ -204,14 +213,14 @@ class TransformersBackend(ModelBackend):
         return out  # type: ignore[return-value]
 
     def _run_group(self, states: list[SequenceState], ids: list[list[int]],
-                   n_last: int) -> torch.Tensor:
+                   n_last: int, holes: bool = False) -> torch.Tensor:
         """Run rows that feed the same number of tokens (or prompts); logits
         ``[rows, n_last, width]``."""
         batch = self._reusable(states)
         if batch is None:
             batch = KVBatch([own_row(s.cache) for s in states], [len(s.tokens) for s in states],
                             self._n_layers, self.device, reserve=max(map(len, ids)) + 32)
-        logits = batch.forward(self.model, ids, n_last)
+        logits = batch.forward(self.model, ids, n_last, holes=holes)
         for i, (s, new) in enumerate(zip(states, ids)):
             s.tokens.extend(new)
             s.cache = Slot(batch, i)
