@@ -419,6 +419,20 @@ class BlendedLLM:
             audit.saw(event)
         return event
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _ending(req: Request, audit: Any) -> Iterator[None]:
+        """How a stream's reading ends, however it ends: its row is freed; with an audit log, a
+        stream left or failed before its end is recorded as such."""
+        try:
+            yield
+        except BaseException as exc:
+            if audit is not None:  # AUDIT: a stream left or failed before its end
+                audit.abandon(exc)
+            raise
+        finally:
+            req.cancel()
+
     def _events(self, gen: Generation, active: list[bool], audit: Any = None
                 ) -> Iterator[StreamEvent]:
         """``gen``'s events as the scheduler makes them. Closing the stream (or dropping it)
@@ -426,7 +440,7 @@ class BlendedLLM:
         recorded as such."""
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         req = self._submit(gen, active, lambda event, error: inbox.put((event, error)), audit)
-        try:
+        with self._ending(req, audit):
             while True:
                 try:
                     got = inbox.get(timeout=self.lock_timeout)
@@ -436,12 +450,6 @@ class BlendedLLM:
                 yield event
                 if event.done:
                     return
-        except BaseException as exc:
-            if audit is not None:  # AUDIT: a stream left or failed before its end
-                audit.abandon(exc)
-            raise
-        finally:
-            req.cancel()
 
     async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` for asyncio: the call joins the same running batch; the event loop keeps
@@ -460,7 +468,7 @@ class BlendedLLM:
                     req.cancel()
 
         req = self._submit(gen, active, sink, audit)
-        try:
+        with self._ending(req, audit):
             while True:
                 try:
                     got = await asyncio.wait_for(inbox.get(), self.lock_timeout)
@@ -470,12 +478,6 @@ class BlendedLLM:
                 yield event
                 if event.done:
                     return
-        except BaseException as exc:
-            if audit is not None:  # AUDIT: a stream left or failed before its end
-                audit.abandon(exc)
-            raise
-        finally:
-            req.cancel()
 
     async def agenerate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
         """``generate`` for asyncio (see ``astream``)."""
