@@ -13,9 +13,10 @@ While the same rows keep stepping together, the batch is reused as it is (no cop
 rows changes (a request joins or ends, a row rolls back or runs a different number of tokens) a new
 batch is built, copying each row's past once. Every layer keeps the whole past, sliding-window
 layers too: the model's sliding-window mask applies the window over the columns, and a rollback is
-a slice, never a recomputation. Rows never hold holes: a batch runs only rows that feed the same
-number of tokens, so each row's columns are exactly its tokens and its attention is the same as
-alone.
+a slice, never a recomputation. Rows that feed fewer tokens than others in the same pass are padded
+on the left of their new tokens (masked); the past is then moved up against the new tokens, so
+after every pass each row's columns are exactly its tokens and its attention is the same as alone.
+Models with sliding-window layers pad only prompts (their window would count inner padding).
 """
 
 from __future__ import annotations
