@@ -208,3 +208,19 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(served, llm):
             time.sleep(0.05)
     assert llm.scheduler.running == 0
     assert llm.scheduler.steps - steps0 < 150  # dropped, not decoded to its 200 tokens
+
+
+def test_langchain_openai_and_llama_index_openai_like_get_the_engines_answer(served, llm):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    openai_like = pytest.importorskip("llama_index.llms.openai_like")
+    from llama_index.core.llms import ChatMessage
+
+    ref = llm.generate(MSGS, max_new_tokens=8).text
+    chat = langchain_openai.ChatOpenAI(base_url=served.url + "/v1", api_key=KEY, model=llm.name,
+                                       max_tokens=8, temperature=0, max_retries=0)
+    msg = chat.invoke("hello there")
+    assert msg.content == ref
+    assert "".join(c.content for c in chat.stream("hello there")) == ref
+    li = openai_like.OpenAILike(api_base=served.url + "/v1", api_key=KEY, model=llm.name,
+                                is_chat_model=True, max_tokens=8, temperature=0, max_retries=0)
+    assert li.chat([ChatMessage(role="user", content="hello there")]).message.content == ref
