@@ -224,3 +224,43 @@ def test_langchain_openai_and_llama_index_openai_like_get_the_engines_answer(ser
     li = openai_like.OpenAILike(api_base=served.url + "/v1", api_key=KEY, model=llm.name,
                                 is_chat_model=True, max_tokens=8, temperature=0, max_retries=0)
     assert li.chat([ChatMessage(role="user", content="hello there")]).message.content == ref
+
+
+def test_tool_calls_and_json_answers_through_the_server():
+    from scripted import ScriptedBackend, oracle
+
+    tok = make_tokenizer(chat=True)
+    llm = BlendedLLM(ScriptedBackend(tok, oracle, 0.35, name="s-base"),
+                     [ScriptedBackend(tok, oracle, 0.9, name="s-guide")])
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}
+    s = Served(create_app(llm))
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        ask = [{"role": "user", "content": "what is the weather in 'Paris'?"}]
+        resp = client.chat.completions.create(model=llm.name, messages=ask, tools=[weather],
+                                              max_tokens=60)
+        (call,) = resp.choices[0].message.tool_calls
+        assert resp.choices[0].finish_reason == "tool_calls"
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": "Paris"}
+        chunks = list(client.chat.completions.create(model=llm.name, messages=ask,
+                                                     tools=[weather], max_tokens=60,
+                                                     stream=True))
+        streamed = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+        assert [tc.function.name for tc in streamed] == ["get_weather"]
+        follow = ask + [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function", "function": {
+                "name": "get_weather", "arguments": call.function.arguments}}]},
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+        answer = client.chat.completions.create(model=llm.name, messages=follow,
+                                                tools=[weather], max_tokens=60)
+        assert "sunny" in answer.choices[0].message.content
+        js = client.chat.completions.create(model=llm.name, messages=[
+            {"role": "user", "content": "give 'Rome' as JSON"}], max_tokens=60,
+            response_format={"type": "json_object"})
+        assert isinstance(json.loads(js.choices[0].message.content), dict)
+    finally:
+        s.stop()
