@@ -23,6 +23,8 @@ from .errors import (
     LowReliabilityError,
     ModelLoadError,
     PromptError,
+    RemoteModelError,
+    RemoteTimeoutError,
 )
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 # public name -> the submodule that defines it (imported on first access)
 _LAZY = {
     "ModelBackend": ".backends", "SequenceState": ".backends", "TransformersBackend": ".backends",
+    "RemoteModel": ".backends.remote", "RawPrompt": ".prompts",
     "BlendedLLM": ".llm", "load_backend": ".llm",
     "AuditLog": ".audit", "AuditRecord": ".audit", "VerifyReport": ".audit", "make_entry": ".audit",
     "check_reliability": ".reliability",
@@ -44,6 +47,8 @@ _LAZY = {
 if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, as if imported here
     from .audit import AuditLog, AuditRecord, VerifyReport, make_entry
     from .backends import ModelBackend, SequenceState, TransformersBackend
+    from .backends.remote import RemoteModel
+    from .prompts import RawPrompt
     from .llm import BlendedLLM, load_backend
     from .reliability import check_reliability
     from .results import (BlendResult, GuideStats, Reliability, StreamEvent, TokenLogprob,
@@ -70,7 +75,8 @@ __all__ = [
     "BlendedLLM", "BlendConfig", "MitigationConfig", "ModelSpec", "ReliabilityConfig", "SamplingParams",
     "BlendResult", "Reliability", "GuideStats", "StreamEvent", "TraceEntry", "Usage",
     "Strategy", "StepView", "available_strategies", "register_strategy",
-    "ModelBackend", "SequenceState", "TransformersBackend", "load_backend",
+    "ModelBackend", "SequenceState", "TransformersBackend", "RemoteModel", "RawPrompt",
+    "load_backend", "RemoteModelError", "RemoteTimeoutError",
     "AuditError", "BlendInError", "BusyError", "ConfigError", "GenerationArgumentError", "IncompatibleModelsError",
     "ModelLoadError", "PromptError", "LowReliabilityError", "check_reliability", "ToolCall",
     "InvalidToolCall", "TokenLogprob", "AuditLog", "AuditRecord", "VerifyReport", "make_entry",

@@ -577,6 +577,8 @@ def serve(
     max_batch_size: int = typer.Option(16, help="answers decoded together"),
     max_queue: Optional[int] = typer.Option(None, help="most requests in flight; more get 429 "
                                             "(default 4 x max-batch-size)"),
+    served_model_name: Optional[str] = typer.Option(
+        None, help="the model name clients send (default: the blend's name)"),
 ) -> None:
     """Serve the blended model over an OpenAI-compatible HTTP API (chat completions,
     completions, models, health, metrics), each answer with its reliability record. With no
@@ -610,7 +612,8 @@ def serve(
             rel = dataclasses.replace(llm.config.reliability, score_model=prof)
             llm.config = dataclasses.replace(llm.config, reliability=rel)
             llm._check_config(llm.config)
-        app_ = create_app(llm, api_keys=keys, audit=log, max_queue=max_queue)
+        app_ = create_app(llm, api_keys=keys, audit=log, max_queue=max_queue,
+                          served_name=served_model_name)
     err.print(f"serving {llm.name!r} on http://{host}:{port}/v1 (OpenAI-compatible)")
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 

@@ -342,6 +342,14 @@ class Generation:
         cap = config.mitigation.intervention_cap if config.mitigation is not None else None
         self.consult = ConsultPolicy(strategy, cap)  # the gate and the intervention cap
         self.uniforms = SeedStream(params.seed)
+        # models known only by their top-k log-probs (remote servers): the step's choice is made
+        # among the union of the top-k lists of the distributions that took part (_support)
+        ks = [m.top_k_approximation for m in (base, *guides)]
+        self.approx_k = min((k for k in ks if k is not None), default=None)
+        self.base_approx = ks[0] is not None
+        self.guides_approx = any(k is not None for k in ks[1:])
+        base.set_sampling(self.base_state, params.temperature, params.top_p, params.top_k,
+                          params.seed)
         # the penalties (and the mask of ids without a token): none when all are off
         self.processors = build_processors(params, self.vocab, base.n_tokens, base.device)
         self._base_logits: torch.Tensor | None = None
@@ -399,11 +407,19 @@ class Generation:
             mix = yield from self._mix(logp, top_lp)
         procs = self.processors
         logd = logp if mix is None else (mix.probs + _EPS).log()
+        u = None if self.params.greedy else self.uniforms.uniform(len(self.generated))
+        approx = self.base_approx or (mix is not None and self.guides_approx)
+        if approx and (mix is not None or procs or u is not None):
+            logd = self._support(logd, logp, mix)
         if procs:
             logd = apply_processors(procs, logd)
         self.final_logdist = logd
-        u = None if self.params.greedy else self.uniforms.uniform(len(self.generated))
-        if u is not None:
+        proposal = None
+        if u is not None and mix is None and not procs:  # the base's own draw, when it made one
+            proposal = self.base.proposal(self.base_state)
+        if proposal is not None:
+            tok = torch.tensor(proposal, device=logd.device)
+        elif u is not None:
             tok = sample(logd, self.params, u)
         elif procs:
             tok = logd.argmax()
@@ -437,6 +453,27 @@ class Generation:
             p.push(c.token)
         return c
 
+    def _support(self, logd: torch.Tensor, logp: torch.Tensor, mix: _Mix | None) -> torch.Tensor:
+        """``logd`` renormalised over the union of the top-k lists (k: ``approx_k``) of the
+        distributions that took part in the step. A remote model's distribution is known on its
+        top-k only (the rest is spread evenly, see ``ModelBackend.top_k_approximation``); tokens
+        outside every list are never chosen, so the spread mass cannot turn into a random token.
+        The approximation leaves a greedy choice unchanged unless the blend's best token is in
+        no model's top k."""
+        k = min(self.approx_k, logp.shape[-1])
+        keep = torch.zeros_like(logp, dtype=torch.bool)
+        keep[torch.topk(logp, k).indices] = True
+        if mix is not None:
+            keep[torch.topk(mix.guides, k, dim=-1).indices.reshape(-1)] = True
+        return torch.log_softmax(logd.masked_fill(~keep, -math.inf), -1)
+
+    def cancel(self) -> None:
+        """The sequence was abandoned (called from the caller's thread): its models stop their
+        work in flight (``ModelBackend.cancel``; a remote request is closed)."""
+        self.base.cancel(self.base_state)
+        for g in self.guides:
+            g.backend.cancel(g.state)
+
     def _own_choice(self, logp: torch.Tensor, top_id: torch.Tensor, u: float | None
                     ) -> torch.Tensor:
         """The token the base alone would choose at this step: the argmax, or the draw with this
@@ -455,8 +492,9 @@ class Generation:
         vals, ids = torch.topk(logdist, k) if k else (logdist[:0], logdist[:0].long())
         row = yield Fetch(torch.cat([logdist[token].reshape(1), vals, ids.to(vals.dtype)]))
         return TokenLogprob(
-            token=pieces[token][0], bytes=pieces[token][1], logprob=row[0],
-            top_logprobs=[TopLogprob(token=pieces[int(i)][0], bytes=pieces[int(i)][1], logprob=v)
+            token=pieces[token][0], bytes=pieces[token][1], logprob=row[0], id=token,
+            top_logprobs=[TopLogprob(token=pieces[int(i)][0], bytes=pieces[int(i)][1],
+                                     logprob=v, id=int(i))
                           for i, v in zip(row[1 + k:], row[1:1 + k])],
         )
 
@@ -616,7 +654,7 @@ class Generation:
             reliability=tracker.finish(capped=self.consult.capped,
                                        intervention_cap=self.consult.cap,
                                        answer_tokens=n, stopped=finish == "stop",
-                                       eos=eos_end),
+                                       eos=eos_end, top_k_approximation=self.approx_k),
             model=self.model_name,
             elapsed_s=time.perf_counter() - t0,
             logprobs=logprobs,

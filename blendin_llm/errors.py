@@ -61,6 +61,22 @@ class AuditError(BlendInError, RuntimeError):
     to do; the ``AuditLog`` stays usable (a lost connection is opened again on the next call)."""
 
 
+class RemoteModelError(BlendInError, RuntimeError):
+    """A remote model's server (``RemoteModel``: vLLM, SGLang, ``blendin serve``, ...) could not
+    give what was asked: it is unreachable, refused the request, kept failing after the retries,
+    or answers without the top-k log-probs blending needs. ``status`` is the HTTP status, when
+    there was one. The message says what to change (a server flag, the URL, the model name)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteTimeoutError(RemoteModelError, TimeoutError):
+    """A remote model's server did not answer within ``RemoteModel(timeout=...)``, retries
+    included."""
+
+
 def settings_error(owner: str, errors: list[dict], arguments: str) -> ConfigError:
     """A pydantic validation error on a framework face's constructor, as a ``ConfigError`` that
     names each bad or unknown argument; ``arguments`` lists the accepted ones for the hint shown

@@ -26,7 +26,7 @@ from .errors import (
     IncompatibleModelsError,
     PromptError,
 )
-from .prompts import PromptLike, normalize_messages, resolved_format, turn_stops
+from .prompts import PromptLike, RawPrompt, normalize_messages, resolved_format, turn_stops
 from .results import BlendResult, StreamEvent
 from .strategies import get_strategy
 from .text import LeadingSpace, StopMatcher
@@ -253,12 +253,19 @@ class BlendedLLM:
                  response_format: Any = None, parallel_tool_calls: bool = False,
                  ) -> tuple[Generation, list[bool]]:
         """The generation, and which of the instance's guides take part (mitigation)."""
-        messages = normalize_messages(prompt)
-        check_tool_history(messages)
-        tools = normalize_tools(tools)
-        choice = normalize_tool_choice(tool_choice, tools)
-        fmt = normalize_response_format(response_format)
-        messages, prefix = render_tool_turns(messages, tools, choice, fmt)
+        raw = isinstance(prompt, RawPrompt)
+        if raw:
+            if tools or response_format is not None:
+                raise PromptError("a raw prompt (a completion) takes no tools or "
+                                  "response_format: send chat messages for those")
+            tools, choice, fmt, prefix = [], None, None, ""
+        else:
+            messages = normalize_messages(prompt)
+            check_tool_history(messages)
+            tools = normalize_tools(tools)
+            choice = normalize_tool_choice(tool_choice, tools)
+            fmt = normalize_response_format(response_format)
+            messages, prefix = render_tool_turns(messages, tools, choice, fmt)
         # run-time mitigation: switched-off guides (weight 0) do not take part at all
         weights, notes = self.guide_monitor.plan(config.mitigation)
         active = [w > 0 for w in weights]
@@ -266,7 +273,10 @@ class BlendedLLM:
         vocab_maps = [m for m, a in zip(self.vocab_maps, active) if a]
         models = [self.base, *guides]
         with self._turn():  # the tokenizers are shared with the steps of other calls
-            prompt_ids = [m.encode_prompt(messages, prefix) for m in models]
+            if raw:
+                prompt_ids = self._raw_ids(prompt, guides, vocab_maps)
+            else:
+                prompt_ids = [m.encode_prompt(messages, prefix) for m in models]
         budget = params.max_new_tokens
         for m, ids in zip(models, prompt_ids):
             if not ids:
@@ -281,7 +291,7 @@ class BlendedLLM:
                 budget = min(budget, ctx - len(ids))
         # the answer's text filters: stop strings always, the others only when they are needed
         filters: list[Any] = [StopMatcher(params.stop)]
-        if self.plain_base:
+        if self.plain_base and not raw:
             filters.insert(0, LeadingSpace())
         capture = ToolCallCapture(parallel_tool_calls) if tools and choice != "none" else None
         if capture is not None:
@@ -297,6 +307,26 @@ class BlendedLLM:
             guide_weights=[w for w in weights if w > 0], mitigations=notes,
         )
         return gen, active
+
+    def _raw_ids(self, prompt: RawPrompt, guides: list[ModelBackend],
+                 vocab_maps: list[VocabMap | None]) -> list[list[int]]:
+        """Each model's tokens of a raw prompt: the base's ids as given (or its encoding of the
+        text); a guide of the same vocabulary shares them, another encodes the text."""
+        base = self.base
+        if prompt.ids is not None:
+            bad = [i for i in prompt.ids if i >= base.n_tokens]
+            if bad:
+                raise PromptError(f"token id {bad[0]} is not in the vocabulary of {base.name!r} "
+                                  f"({base.n_tokens} tokens)")
+            ids = list(prompt.ids)
+            text = base.tokenizer.decode(ids, skip_special_tokens=True)
+        else:
+            text = prompt.text
+            ids = base.encode_text(text)
+        out = [ids]
+        for g, vm in zip(guides, vocab_maps):
+            out.append(list(ids) if vm is None and prompt.ids is not None else g.encode_text(text))
+        return out
 
     def stream(
         self,
@@ -369,7 +399,7 @@ class BlendedLLM:
             params=dataclasses.asdict(params), tools=a["tools"], tool_choice=a["tool_choice"],
             parallel_tool_calls=a["parallel_tool_calls"],
             response_format=a["response_format"], trace=a["trace"], overrides=overrides)
-        if self.turn_stops:
+        if self.turn_stops and not isinstance(prompt, RawPrompt):
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(overrides)
         gen, active = self._prepare(
@@ -384,8 +414,11 @@ class BlendedLLM:
             return None
         from .audit import StreamAudit
 
-        request = {"prompt": prompt} if isinstance(prompt, str) else \
-            {"messages": normalize_messages(prompt)}
+        if isinstance(prompt, RawPrompt):
+            request = {"prompt": prompt.as_record(), "raw": True}
+        else:
+            request = {"prompt": prompt} if isinstance(prompt, str) else \
+                {"messages": normalize_messages(prompt)}
         return StreamAudit(self.audit, self, config, {**request, "params": asked})
 
     def _submit(self, gen: Generation, active: list[bool], sink: Any, audit: Any = None

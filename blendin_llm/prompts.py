@@ -14,7 +14,48 @@ from .text import lone_surrogate
 from .tools import call_arguments
 
 Message = dict[str, Any]
-PromptLike = Union[str, Sequence[Union[Mapping[str, Any], tuple[str, str]]]]
+
+
+class RawPrompt:
+    """A prompt every model continues as it is, with no chat template or turns: what
+    OpenAI-compatible ``/v1/completions`` servers do. ``text`` is encoded by each model's tokenizer
+    (with its own special tokens, e.g. BOS); ``ids`` are the base's token ids, fed as they are
+    (guides that share the base's vocabulary get the same ids, the others the decoded text). The
+    answer is the continuation: no turn stops, no tools.
+
+    Args:
+        text: the prompt text (or give ``ids``).
+        ids: the prompt as the base's token ids.
+    """
+
+    __slots__ = ("text", "ids")
+
+    def __init__(self, text: str | None = None, ids: Sequence[int] | None = None) -> None:
+        if (text is None) == (ids is None):
+            raise PromptError("RawPrompt takes text= or ids=, one of them")
+        if text is not None:
+            if not isinstance(text, str) or not text:
+                raise PromptError("a raw prompt's text must be a non-empty string")
+            _check_text(text, "the prompt")
+        else:
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids or \
+                    not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                            for i in ids):
+                raise PromptError("a raw prompt's ids must be a non-empty list of token ids "
+                                  "(integers >= 0)")
+            ids = list(ids)
+        self.text, self.ids = text, ids
+
+    def __repr__(self) -> str:
+        return f"RawPrompt(text={self.text!r})" if self.ids is None else \
+            f"RawPrompt(ids=<{len(self.ids)} ids>)"
+
+    def as_record(self) -> str | list[int]:
+        """What an audit record keeps of it."""
+        return self.text if self.ids is None else list(self.ids)
+
+
+PromptLike = Union[str, RawPrompt, Sequence[Union[Mapping[str, Any], tuple[str, str]]]]
 
 _ROLES = ("system", "user", "assistant", "tool")
 _ROLE_ALIASES = {"human": "user", "ai": "assistant"}

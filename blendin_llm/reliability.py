@@ -88,7 +88,7 @@ class ReliabilityTracker:
 
     def finish(self, capped: int = 0, intervention_cap: float | None = None,
                answer_tokens: int | None = None, stopped: bool = False,
-               eos: bool = False) -> Reliability:
+               eos: bool = False, top_k_approximation: int | None = None) -> Reliability:
         """The record of the first ``answer_tokens`` steps (default: all), the last of which is an
         EOS token when ``eos``. Its statistics are over the answer's text tokens (the EOS step is
         counted in ``tokens`` but not scored: OpenAI-shaped log-probs, which UQLM scores, do not
@@ -204,6 +204,7 @@ class ReliabilityTracker:
             flagged=bool(reasons),
             reasons=reasons,
             mitigations=mitigations,
+            top_k_approximation=top_k_approximation,
             trace=trace,
         )
 

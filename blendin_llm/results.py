@@ -119,6 +119,11 @@ class Reliability(BaseModel):
     components: ScoreComponents
     flagged: bool
     reasons: list[str] = Field(default_factory=list)
+    top_k_approximation: Optional[int] = Field(
+        None, description="k when a model was known by its top-k log-probs only (a remote "
+        "server): the choice was made among the union of the top-k lists, and the signals were "
+        "computed from them; None when every distribution was whole"
+    )
     mitigations: list[str] = Field(
         default_factory=list,
         description="run-time mitigations applied to this response (down-weighted or switched-off "
@@ -131,6 +136,7 @@ class TopLogprob(BaseModel):
     token: str
     bytes: list[int]
     logprob: float
+    id: Optional[int] = Field(None, description="the token's id in the base's vocabulary")
 
 
 class TokenLogprob(BaseModel):
@@ -140,6 +146,7 @@ class TokenLogprob(BaseModel):
     bytes: list[int]
     logprob: float
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
+    id: Optional[int] = Field(None, description="the token's id in the base's vocabulary")
 
 
 def new_result_id() -> str:

@@ -52,8 +52,16 @@ class Request:
         self.admitted: float | None = None
 
     def cancel(self) -> None:
-        """Abandon the request: its row is freed at the next step boundary."""
+        """Abandon the request: its row is freed at the next step boundary, and its models' work
+        in flight (a remote request) is stopped now."""
+        if self.cancelled or self.over:
+            self.cancelled = True
+            return
         self.cancelled = True
+        try:
+            self.gen.cancel()
+        except Exception:  # stopping early is a courtesy; the row is freed at the next step
+            pass
 
 
 class Scheduler:
@@ -185,7 +193,8 @@ class Scheduler:
             self._advance(r, None)
 
     def _forwards(self, rows: list[Request]) -> None:
-        """Answer ``Forward`` requests: one batched call per model."""
+        """Answer ``Forward`` requests: one batched call per model. A backend may answer a row with
+        an exception instead of logits (a remote request that failed): that row fails alone."""
         groups: dict[int, list[Request]] = {}
         for r in rows:
             groups.setdefault(id(r.item.backend), []).append(r)
@@ -199,7 +208,10 @@ class Scheduler:
                     self._fail(r, e)
                 continue
             for r, out in zip(group, logits):
-                self._advance(r, out)
+                if isinstance(out, BaseException):  # this row's model call failed, not the group's
+                    self._fail(r, out)
+                else:
+                    self._advance(r, out)
 
     def _fetches(self, rows: list[Request]) -> None:
         """Answer ``Fetch`` requests with one host read for all of them."""

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import socket
 import threading
 import time
 
@@ -12,38 +11,15 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
+from serving import Served  # noqa: E402
 from tiny import make_model, make_tokenizer  # noqa: E402
 
-from blendin_llm import BlendConfig, BlendedLLM, ModelSpec  # noqa: E402
+from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, RawPrompt  # noqa: E402
 from blendin_llm.audit import AuditLog  # noqa: E402
 from blendin_llm.server import create_app  # noqa: E402
 
 KEY = "sk-test"
 MSGS = [{"role": "user", "content": "hello there"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    def __init__(self, app):
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
-        assert self.server.started
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +106,23 @@ def test_logprobs_and_completions(client, llm):
     content = resp.choices[0].logprobs.content
     assert len(content) == resp.usage.completion_tokens
     assert all(len(x.top_logprobs) == 2 and x.logprob <= 0 for x in content)
+    # a completion continues the prompt as it is (no chat template), as vLLM's does
     comp = client.completions.create(model=llm.name, prompt="The quick brown fox",
                                      max_tokens=6)
-    assert comp.choices[0].text == llm.generate("The quick brown fox", max_new_tokens=6).text
+    raw = llm.generate(RawPrompt(text="The quick brown fox"), max_new_tokens=6)
+    assert comp.choices[0].text == raw.text
+    assert raw.token_ids != llm.generate("The quick brown fox", max_new_tokens=6).token_ids
     assert comp.model_extra["reliability"]["tokens"] == comp.usage.completion_tokens
+    # a prompt of token ids, and tokens read back as ids with their top log-probs
+    ids = llm.base.encode_text("The quick brown fox")
+    comp = client.completions.create(model=llm.name, prompt=ids, max_tokens=6, logprobs=3,
+                                     extra_body={"return_tokens_as_token_ids": True})
+    lp = comp.choices[0].logprobs
+    assert [int(t.split(":")[1]) for t in lp.tokens] == raw.token_ids[:len(lp.tokens)]
+    assert all(len(top) == 3 and all(k.startswith("token_id:") for k in top)
+               for top in lp.top_logprobs)
+    with pytest.raises(openai.BadRequestError, match="token id"):
+        client.completions.create(model=llm.name, prompt=[10**6], max_tokens=2)
 
 
 def test_errors_have_openais_shape_and_status(served, llm):

@@ -83,6 +83,11 @@ class ModelBackend(ABC):
             )
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
+    def encode_text(self, text: str) -> list[int]:
+        """A raw prompt's tokens (a completion prompt: no template, the tokenizer's own special
+        tokens added, as OpenAI-compatible servers' ``/v1/completions`` do)."""
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -116,9 +121,36 @@ class ModelBackend(ABC):
                       n_last: list[int]) -> list[torch.Tensor]:
         """``forward`` for several sequences at once (continuous batching): one result per
         sequence, each exactly what ``forward`` gives for it. This default runs them one by one;
-        a backend that can share a pass among sequences overrides it."""
+        a backend that can share a pass among sequences overrides it. A backend whose calls
+        fail one sequence at a time (a remote server) may put the exception in that sequence's
+        place; ``forward`` raises it."""
         return [self.forward(s, i, n) for s, i, n in zip(states, ids, n_last)]
 
     @abstractmethod
     def rollback(self, state: SequenceState, length: int) -> None:
         """Forget everything after the first ``length`` tokens of the state."""
+
+    # -- for backends that run elsewhere (``blendin_llm.backends.remote``) -----------------------
+    @property
+    def top_k_approximation(self) -> int | None:
+        """None when ``forward`` gives the whole distribution; k when only the top-k log-probs are
+        known (a remote server): the rest of the mass is spread evenly over the other ids, and the
+        engine then chooses tokens among the union of the top-k lists of the distributions that
+        took part (``Generation``)."""
+        return None
+
+    def set_sampling(self, state: SequenceState, temperature: float, top_p: float, top_k: int,
+                     seed: int | None) -> None:
+        """How the sequence of ``state`` samples, for a backend that samples ahead by itself (a
+        remote server proposing a chunk of tokens); others ignore it."""
+
+    def proposal(self, state: SequenceState) -> int | None:
+        """The token the model itself sampled to follow ``state`` (a remote server's own draw,
+        from its whole distribution), or None. The engine takes it at a step where no guide was
+        consulted and nothing changes the base's distribution, so sampled answers keep the
+        base's exact distribution there."""
+        return None
+
+    def cancel(self, state: SequenceState) -> None:
+        """The sequence was abandoned (called from the caller's thread): stop its work in flight
+        (a remote request). The default has nothing to stop."""

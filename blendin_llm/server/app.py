@@ -184,18 +184,14 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
         chat = route == "chat"
         if chat:
             prompt: Any = P.chat_messages(body.get("messages"))
-        else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
-                raise PromptError("'prompt' must be a string (one prompt per request)")
+        else:  # a completion continues the prompt as it is (no template), text or token ids
+            prompt = P.completion_prompt(body.get("prompt"))
         kw = P.call_kwargs(body, extra_ok)
         overrides = {k: kw[k] for k in extra_ok if k in kw}
         config = llm._resolve_config(overrides)  # the effective config, for the audit record
         want_lp = bool(kw.get("logprobs"))
         rid = P.new_id("chatcmpl" if chat else "cmpl")
-        req_record = {("messages" if chat else "prompt"): prompt,
+        req_record = {("messages" if chat else "prompt"): prompt if chat else prompt.as_record(),
                       "params": {k: v for k, v in body.items() if k not in
                                  ("messages", "prompt")}}
         user = body.get("user") if isinstance(body.get("user"), str) else None
@@ -222,7 +218,11 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
             release()
         metrics.latency.labels(route).observe(time.perf_counter() - t0)
         metrics.requests.labels(route, "200").inc()
-        data = (P.chat_completion if chat else P.text_completion)(rid, name, result, want_lp)
+        if chat:
+            data = P.chat_completion(rid, name, result, want_lp)
+        else:
+            data = P.text_completion(rid, name, result, want_lp,
+                                     bool(body.get("return_tokens_as_token_ids")))
         rel = result.reliability
         return JSONResponse(data, headers={
             "X-BlendIn-Reliability-Score": f"{rel.score:.4f}",
@@ -248,7 +248,8 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
     async def models(request: Request) -> dict:
         tenant_of(request)
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                            "owned_by": "blendin"}]}
+                                            "owned_by": "blendin",
+                                            "max_model_len": llm.context_window}]}
 
     @app.get("/health")
     async def health() -> dict:

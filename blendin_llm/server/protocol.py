@@ -71,7 +71,7 @@ def call_kwargs(body: Mapping[str, Any], extra_ok: tuple[str, ...]) -> dict[str,
     Unknown fields are refused (GenerationArgumentError): a typo would otherwise be ignored."""
     known = set(_RENAMED) | set(_DIRECT) | set(_IGNORED) | set(_EXTRA_SAMPLING) | set(extra_ok) \
         | {"messages", "prompt", "stop", "logprobs", "top_logprobs", "echo", "suffix",
-           "best_of"}
+           "best_of", "return_tokens_as_token_ids"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise GenerationArgumentError(
@@ -150,20 +150,43 @@ def chat_chunk(rid: str, model: str, delta: dict, finish: str | None = None,
             "model": model, "choices": [choice], **extra}
 
 
-def text_completion(rid: str, model: str, result: BlendResult, logprobs: bool) -> dict:
+def completion_prompt(prompt: Any) -> Any:
+    """A completions request's prompt as the engine takes it: a ``RawPrompt`` (no template), of
+    text or of token ids (OpenAI's ``prompt`` may be a string or a list of token ids; one prompt
+    per request)."""
+    from ..prompts import RawPrompt
+
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return RawPrompt(text=prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(i, int) for i in prompt):
+        return RawPrompt(ids=prompt)
+    raise PromptError("'prompt' must be a string or a list of token ids (one prompt per "
+                      "request)")
+
+
+def text_completion(rid: str, model: str, result: BlendResult, logprobs: bool,
+                    token_ids: bool = False) -> dict:
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason,
-                     "logprobs": _completion_logprobs(result.logprobs or []) if logprobs
-                     else None}],
+                     "logprobs": _completion_logprobs(result.logprobs or [], token_ids)
+                     if logprobs else None}],
         "usage": usage(result),
         "reliability": result.reliability.model_dump(mode="json"),
     }
 
 
-def _completion_logprobs(lps: list[TokenLogprob]) -> dict:
-    return {"tokens": [x.token for x in lps], "token_logprobs": [x.logprob for x in lps],
-            "top_logprobs": [{t.token: t.logprob for t in x.top_logprobs} for x in lps],
+def _completion_logprobs(lps: list[TokenLogprob], token_ids: bool = False) -> dict:
+    """OpenAI's completions ``logprobs``; with ``token_ids`` (vLLM's
+    ``return_tokens_as_token_ids``) tokens are written ``"token_id:<id>"``, which keeps tokens of
+    equal text apart."""
+    def name(t: Any) -> str:
+        return f"token_id:{t.id}" if token_ids and t.id is not None else t.token
+
+    return {"tokens": [name(x) for x in lps], "token_logprobs": [x.logprob for x in lps],
+            "top_logprobs": [{name(t): t.logprob for t in x.top_logprobs} for x in lps],
             "text_offset": []}
 
 

@@ -1,0 +1,528 @@
+"""A model served elsewhere, as a ``ModelBackend``: any OpenAI-compatible ``/v1/completions``
+endpoint that returns top-k log-probs (vLLM, SGLang, llama.cpp's server, ``blendin serve``).
+
+Bases of 8B-70B parameters run on their own GPUs, usually behind vLLM. Neither vLLM nor SGLang can
+mix two models' distributions inside the engine, so the blend happens here, and the cost that
+matters is the number of round trips. Asking for one token per request (the reference BlendIn code:
+``max_tokens=1, logprobs=100``) pays a round trip, and the prompt's prefill, for every token.
+
+**Gated chunked speculation.** A request asks for a chunk of up to ``chunk`` tokens (default 16)
+with the top-k log-probs of every position: the server samples the chunk as the base alone would
+(greedy, or with the call's temperature and seed) and returns, for each position, the distribution
+it sampled from. The engine then reads the chunk position by position without another request:
+while the token it commits is the chunk's own, the next position's distribution is already known.
+At a position whose top-1 probability is below gamma it consults the guides and blends; if the
+blend keeps the base's token, the chunk goes on; if it takes another token, the rest of the chunk
+is dropped and the next request starts from the new token. Round trips thus scale with the steps
+where a guide changed the answer (plus one per ``chunk`` tokens), not with the tokens. Sampling stays
+faithful: at steps where no guide was consulted the token is the server's own draw
+(``ModelBackend.proposal``), from its whole distribution; a consulted step is drawn from the blend.
+
+**The top-k approximation.** A position's distribution is known on its top-k ids only. ``forward``
+returns the exact log-probs there and spreads the rest of the mass (``1 - sum(top-k)``) evenly over
+the other ids, so the base's top-1 probability (the gate), its top-k features and the chosen
+token's log-prob are exact; the engine then chooses among the union of the top-k lists of the
+distributions that took part, renormalised (``Generation._support``). Compared with the whole
+distribution, a greedy choice can only differ when the blend's best token is in none of the top-k
+lists, or when the spread tail changes the blend's order (it carries at most ``1 - sum(top-k)`` of
+each remote model's mass): a larger k bounds both. Entropy-like signals are computed from the top-k
+and the record says ``top_k_approximation: k``.
+
+Prompts go as token ids where the server takes them (vLLM: a list of ids as ``prompt`` and
+``return_tokens_as_token_ids``), so the server reads exactly the tokens chosen here; its prefix
+cache makes the re-sent prefix cheap (vLLM: ``--enable-prefix-caching``). With ``token_ids=False``
+the prompt goes as text and returned tokens are matched to ids by their text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelSpec
+from ..errors import ModelLoadError, RemoteModelError, RemoteTimeoutError
+from .base import ModelBackend, SequenceState
+
+_MAX_CHUNKS = 4  # chunks kept per sequence (a cross-vocabulary guide reads two positions back)
+
+
+class _Chunk:
+    """What one request returned: the tokens the server sampled after ``prefix`` and, for each
+    position, the top-k (ids, log-probs) it sampled from."""
+
+    __slots__ = ("prefix", "tokens", "tops")
+
+    def __init__(self, prefix: list[int], tokens: list[int],
+                 tops: list[tuple[list[int], list[float]]]) -> None:
+        self.prefix, self.tokens, self.tops = prefix, tokens, tops
+
+
+class _RemoteState:
+    """A sequence's remote side: its chunks, how it samples, and its request in flight."""
+
+    __slots__ = ("chunks", "sampling", "future", "cancelled", "requests")
+
+    def __init__(self) -> None:
+        self.chunks: list[_Chunk] = []
+        self.sampling: tuple[float, float, int, int | None] = (0.0, 1.0, 0, None)
+        self.future: concurrent.futures.Future | None = None
+        self.cancelled = False
+        self.requests = 0  # round trips made for this sequence
+
+    def lookup(self, tokens: list[int], p: int
+               ) -> tuple[tuple[list[int], list[float]], int | None] | None:
+        """The distribution after ``tokens[:p]`` and the server's token there (None if unknown),
+        if a chunk knows them: the chunk's prefix is ``tokens``'s and the tokens since are the
+        chunk's own."""
+        for ch in self.chunks:
+            s = len(ch.prefix)
+            if s <= p < s + len(ch.tops) and tokens[s:p] == ch.tokens[:p - s] \
+                    and tokens[:s] == ch.prefix:
+                return ch.tops[p - s], ch.tokens[p - s] if p - s < len(ch.tokens) else None
+        return None
+
+
+class _Loop:
+    """An asyncio loop on a daemon thread: the backend's HTTP requests run there, so that a
+    request in flight can be cancelled from any thread (``Future.cancel``)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="blendin-remote",
+                                       daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class RemoteModel(ModelBackend):
+    """A base or guide model served by an OpenAI-compatible completions endpoint with top-k
+    log-probs. Use it wherever a model goes: ``BlendedLLM(base=RemoteModel(...), guides=[...])``,
+    local and remote models mixed freely.
+
+    Args:
+        base_url: the server's OpenAI base URL, e.g. ``"http://gpu-box:8000/v1"``.
+        model: the served model's name (vLLM: ``--served-model-name``, or the path it loaded).
+        api_key: sent as ``Authorization: Bearer <key>``.
+        tokenizer: the served model's tokenizer: a local directory or hub id, or a loaded
+            tokenizer (default: ``model`` itself, as vLLM does). Prompts are rendered and answers
+            detokenized here, so it must be the server's own.
+        top_k: top log-probs asked per position (vLLM allows up to ``--max-logprobs``, 20 by
+            default); it bounds the approximation (see the module's docstring).
+        chunk: most tokens per request. 1 gives the reference pattern, one request per token.
+        timeout: seconds per request (connect and each read).
+        retries: further tries after a 429, a 5xx, a timeout or a dropped connection, with
+            exponential backoff from ``backoff`` seconds (a ``Retry-After`` header wins).
+        token_ids: send prompts as token ids and read tokens back as ids (vLLM, SGLang,
+            ``blendin serve``); False sends text and matches returned tokens by their text.
+        context_length: the model's context (default: the server's ``max_model_len`` from
+            ``/v1/models``, when it reports one).
+        eos_token_ids: ids that end an answer (default: the tokenizer's EOS, and the
+            ``generation_config.json`` beside a local tokenizer).
+        name: the name in reliability records (default: ``model``).
+        spec: how the model wants its prompt (``ModelSpec`` fields ``prompt_format``,
+            ``system_prompt``, prefixes); its ``source`` is only a name here.
+        max_connections: most requests in flight at once (rows of a batch ask concurrently).
+        check: ask ``/v1/models`` at construction whether the server serves ``model``.
+        headers: more HTTP headers for every request.
+
+    Raises:
+        RemoteModelError: with ``check``, the server is unreachable or does not serve ``model``.
+        ModelLoadError: the tokenizer cannot be loaded.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
+                 tokenizer: Any = None, top_k: int = 20, chunk: int = 16,
+                 timeout: float = 60.0, retries: int = 2, backoff: float = 0.25,
+                 token_ids: bool = True, context_length: int | None = None,
+                 eos_token_ids: Sequence[int] | None = None, name: str | None = None,
+                 spec: ModelSpec | None = None, max_connections: int = 32, check: bool = True,
+                 headers: dict[str, str] | None = None) -> None:
+        import httpx
+
+        from ..errors import ConfigError
+
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"base_url must be an http(s) URL such as "
+                              f"'http://localhost:8000/v1', got {base_url!r}")
+        if not isinstance(model, str) or not model:
+            raise ConfigError("model must be the served model's name")
+        for what, v, lo in (("top_k", top_k, 1), ("chunk", chunk, 1), ("retries", retries, 0),
+                            ("max_connections", max_connections, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ConfigError(f"RemoteModel {what} must be an integer >= {lo}, got {v!r}")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ConfigError(f"RemoteModel timeout must be a number of seconds > 0, got "
+                              f"{timeout!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.top_k = top_k
+        self.chunk = chunk
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.token_ids = token_ids
+        self.requests = 0  # round trips made, all sequences (the benchmark reads it)
+        self.retried = 0
+        self.spec = spec or ModelSpec(source=model)
+        if spec is None or spec.name is None:
+            import dataclasses
+
+            self.spec = dataclasses.replace(self.spec, name=name or model)
+        self.tokenizer, self._eos = self._load_tokenizer(tokenizer if tokenizer is not None
+                                                         else model, eos_token_ids)
+        self._width = max(len(self.tokenizer), max(self.tokenizer.get_vocab().values()) + 1)
+        self._context = context_length
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            hdrs["Authorization"] = f"Bearer {api_key}"
+        self._headers = hdrs
+        self._limits = httpx.Limits(max_connections=max_connections,
+                                    max_keepalive_connections=max_connections)
+        self._loop = _Loop()
+        self._client = self._loop.submit(self._make_client()).result()
+        self._text_ids: dict[str, int] | None = None
+        if check:
+            self._check()
+
+    # -- setup -----------------------------------------------------------------------------
+    async def _make_client(self) -> Any:
+        import httpx
+
+        return httpx.AsyncClient(base_url=self.base_url, headers=self._headers,
+                                 timeout=httpx.Timeout(self.timeout), limits=self._limits)
+
+    def _load_tokenizer(self, source: Any, eos: Sequence[int] | None) -> tuple[Any, frozenset]:
+        if isinstance(source, str):
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(source)
+            except Exception as e:
+                raise ModelLoadError(
+                    f"cannot load the tokenizer of remote model {self.model!r} from {source!r} "
+                    f"({type(e).__name__}: {str(e)[:200]}); pass tokenizer=<a local directory "
+                    "with the served model's tokenizer files>") from None
+        else:
+            tok = source
+        ids = set(eos or ())
+        if not eos:
+            if tok.eos_token_id is not None:
+                ids.add(int(tok.eos_token_id))
+            gen = Path(source) / "generation_config.json" if isinstance(source, str) else None
+            if gen is not None and gen.is_file():
+                e = json.loads(gen.read_text()).get("eos_token_id")
+                ids.update([e] if isinstance(e, int) else (e or []))
+        return tok, frozenset(int(i) for i in ids)
+
+    def _check(self) -> None:
+        """The server serves ``model``; its context length, when it reports one."""
+        async def get() -> Any:
+            return await self._client.get("/models", timeout=min(self.timeout, 10.0))
+
+        try:
+            r = self._loop.submit(get()).result()
+        except Exception as e:
+            raise RemoteModelError(
+                f"cannot reach {self.base_url} ({type(e).__name__}: {e}); is the server "
+                "running? (RemoteModel(check=False) skips this check)") from None
+        if r.status_code != 200:
+            raise RemoteModelError(f"{self.base_url}/models answered {r.status_code}: "
+                                   f"{_server_message(r)}", r.status_code)
+        data = r.json().get("data") or []
+        served = {m.get("id"): m for m in data if isinstance(m, dict)}
+        if self.model not in served:
+            raise RemoteModelError(f"{self.base_url} does not serve {self.model!r}; it serves "
+                                   f"{sorted(served)}")
+        if self._context is None:
+            n = served[self.model].get("max_model_len")
+            self._context = int(n) if isinstance(n, int) and n > 0 else None
+
+    def close(self) -> None:
+        """Close the HTTP connections and the request thread."""
+        try:
+            self._loop.submit(self._client.aclose()).result(timeout=5)
+        except Exception:
+            pass
+        self._loop.close()
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def logits_width(self) -> int:
+        return self._width
+
+    @property
+    def context_length(self) -> int | None:
+        return self._context
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def top_k_approximation(self) -> int | None:
+        return self.top_k
+
+    # -- per sequence -------------------------------------------------------------------------
+    def new_state(self) -> SequenceState:
+        return SequenceState(_RemoteState())
+
+    def set_sampling(self, state: SequenceState, temperature: float, top_p: float, top_k: int,
+                     seed: int | None) -> None:
+        state.cache.sampling = (temperature, top_p, top_k, seed)
+
+    def proposal(self, state: SequenceState) -> int | None:
+        st = state.cache
+        hit = st.lookup(state.tokens, len(state.tokens)) if st is not None else None
+        return None if hit is None else hit[1]
+
+    def cancel(self, state: SequenceState) -> None:
+        st = state.cache
+        if st is not None:
+            st.cancelled = True
+            if st.future is not None:
+                st.future.cancel()
+
+    def rollback(self, state: SequenceState, length: int) -> None:
+        del state.tokens[length:]
+
+    def forward(self, state: SequenceState, ids: list[int], n_last: int = 1) -> torch.Tensor:
+        out = self.forward_batch([state], [ids], [n_last])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def forward_batch(self, states: list[SequenceState], ids: list[list[int]],
+                      n_last: list[int]) -> list[Any]:
+        """The distributions after the last ``n_last`` positions of each sequence, from the
+        chunks it has (no request) or from new requests, made concurrently for all sequences
+        that need one. A sequence whose request fails gets its exception in its place."""
+        out: list[Any] = [None] * len(states)
+        rows: list[list[tuple[list[int], list[float]]]] = [[] for _ in states]
+        todo: dict[int, list[int]] = {}
+        for j, (s, i, n) in enumerate(zip(states, ids, n_last)):
+            s.tokens.extend(i)
+            todo[j] = list(range(len(s.tokens) - n + 1, len(s.tokens) + 1))
+        while todo:
+            need: dict[int, int] = {}
+            for j in list(todo):
+                s, positions = states[j], todo[j]
+                while positions and (hit := s.cache.lookup(s.tokens, positions[0])) is not None:
+                    rows[j].append(hit[0])
+                    positions.pop(0)
+                if positions:
+                    need[j] = positions[0]
+                else:
+                    del todo[j]
+            if not need:
+                break
+            futures = {}
+            for j, p in need.items():
+                st = states[j].cache
+                if st.cancelled:
+                    out[j] = RemoteModelError("the sequence was abandoned")
+                    del todo[j]
+                    continue
+                st.future = self._loop.submit(self._request(st, states[j].tokens[:p]))
+                futures[j] = st.future
+            concurrent.futures.wait(list(futures.values()))
+            for j, f in futures.items():
+                states[j].cache.future = None
+                try:
+                    states[j].cache.chunks.insert(0, f.result())
+                    del states[j].cache.chunks[_MAX_CHUNKS:]
+                except concurrent.futures.CancelledError:
+                    out[j] = RemoteModelError("the request was cancelled: the sequence was "
+                                              "abandoned")
+                    del todo[j]
+                except BaseException as e:
+                    out[j] = e
+                    del todo[j]
+        for j, r in enumerate(rows):
+            if out[j] is None:
+                logits = torch.stack([self._logits(*top) for top in r])
+                out[j] = logits[0] if n_last[j] == 1 else logits
+        return out
+
+    def _logits(self, ids: list[int], lps: list[float]) -> torch.Tensor:
+        """Full-width logits with the top-k log-probs exact and the rest of the mass spread
+        evenly over the other ids (see the module's docstring)."""
+        lp = torch.tensor(lps, dtype=torch.float32)
+        rest = self._width - len(ids)
+        mass = float(lp.exp().sum().clamp(max=1.0))
+        tail = math.log(max(1.0 - mass, 1e-6) / rest) if rest > 0 else -math.inf
+        x = torch.full((self._width,), tail, dtype=torch.float32)
+        x[torch.tensor(ids, dtype=torch.long)] = lp
+        return x
+
+    # -- the request ---------------------------------------------------------------------------
+    def _body(self, st: _RemoteState, prefix: list[int]) -> dict:
+        n = self.chunk
+        if self._context is not None:
+            n = min(n, self._context - len(prefix))
+            if n < 1:
+                raise RemoteModelError(f"the sequence fills {self.model!r}'s context of "
+                                       f"{self._context} tokens")
+        temperature, top_p, top_k, seed = st.sampling
+        body: dict[str, Any] = {
+            "model": self.model, "max_tokens": n, "logprobs": self.top_k,
+            "temperature": temperature, "ignore_eos": True, "stream": False,
+        }
+        if self.token_ids:
+            body["prompt"] = prefix
+            body["return_tokens_as_token_ids"] = True
+        else:
+            bos = self.tokenizer.bos_token_id
+            body["prompt"] = self.tokenizer.decode(prefix[1:] if prefix and prefix[0] == bos
+                                                   else prefix, skip_special_tokens=False)
+        if temperature > 0:
+            body["top_p"] = top_p
+            if top_k:
+                body["top_k"] = top_k
+            if seed is not None:  # each chunk's draw depends on the seed and where it starts
+                body["seed"] = (seed * 1_000_003 + len(prefix)) % 2**31
+        return body
+
+    async def _request(self, st: _RemoteState, prefix: list[int]) -> _Chunk:
+        body = self._body(st, prefix)
+        error: RemoteModelError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+                await asyncio.sleep(getattr(error, "retry_after", None)
+                                    or self.backoff * 2 ** (attempt - 1))
+            self.requests += 1
+            st.requests += 1
+            try:
+                r = await self._client.post("/completions", content=json.dumps(body))
+            except Exception as e:
+                import httpx
+
+                if isinstance(e, httpx.TimeoutException):
+                    error = RemoteTimeoutError(
+                        f"{self.base_url} did not answer within {self.timeout:g} s "
+                        f"({type(e).__name__}); raise RemoteModel(timeout=...) or check the "
+                        "server's load")
+                elif isinstance(e, httpx.TransportError):
+                    error = RemoteModelError(f"cannot reach {self.base_url} "
+                                             f"({type(e).__name__}: {e})")
+                else:
+                    raise
+                continue
+            if r.status_code == 200:
+                return self._chunk(r, prefix)
+            msg = _server_message(r)
+            if r.status_code == 429 or r.status_code >= 500:
+                error = RemoteModelError(f"{self.base_url} answered {r.status_code} "
+                                         f"{self.retries + 1} times: {msg}", r.status_code)
+                ra = r.headers.get("retry-after")
+                error.retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() \
+                    else None
+                continue
+            raise RemoteModelError(f"{self.base_url} refused the request ({r.status_code}): "
+                                   f"{msg}{self._hint(msg)}", r.status_code)
+        assert error is not None
+        raise error
+
+    def _hint(self, msg: str) -> str:
+        m = msg.lower()
+        if "logprob" in m:
+            return (f"; RemoteModel asks for top_k={self.top_k} log-probs per token: start "
+                    f"vLLM with --max-logprobs {self.top_k} or more, or lower "
+                    "RemoteModel(top_k=...)")
+        if "prompt" in m and self.token_ids:
+            return "; if the server takes only text prompts, use RemoteModel(token_ids=False)"
+        return ""
+
+    def _chunk(self, r: Any, prefix: list[int]) -> _Chunk:
+        """Parse a completions answer (OpenAI's ``logprobs`` object: ``tokens`` and
+        ``top_logprobs``)."""
+        try:
+            choice = r.json()["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise RemoteModelError(f"{self.base_url} answered with no completion choice: "
+                                   f"{r.text[:200]!r}") from None
+        lp = choice.get("logprobs") or {}
+        tokens, tops = lp.get("tokens"), lp.get("top_logprobs")
+        if not tokens or not tops or len(tops) != len(tokens) or any(t is None for t in tops):
+            raise RemoteModelError(
+                f"{self.base_url} answered without top log-probs for model {self.model!r}: "
+                "RemoteModel needs a /v1/completions endpoint that returns 'logprobs' with "
+                "'top_logprobs' for every token (vLLM and SGLang do; llama.cpp: set n_probs)")
+        # keyed by text, tokens of equal text collapse into one entry: only ids are counted
+        want = min(self.top_k, self._width) if self.token_ids else 1
+        ids: list[int] = []
+        dists: list[tuple[list[int], list[float]]] = []
+        for pos, (tok, top) in enumerate(zip(tokens, tops)):
+            if len(top) < want:
+                raise RemoteModelError(
+                    f"{self.base_url} returned {len(top)} top log-probs where {want} were "
+                    f"asked (position {pos}): the server caps them (vLLM: --max-logprobs); "
+                    "lower RemoteModel(top_k=...) to what it allows")
+            pairs = {}
+            for k, v in top.items():
+                i = self._token_id(k)
+                if i is not None and v is not None and i < self._width:
+                    pairs[i] = max(float(v), pairs.get(i, -math.inf))
+            if not pairs:
+                raise RemoteModelError(
+                    f"{self.base_url} returned top log-probs of tokens the local tokenizer of "
+                    f"{self.model!r} does not know ({list(top)[:5]}): pass the served model's "
+                    "tokenizer, or use token ids (RemoteModel(token_ids=True))")
+            dists.append((list(pairs), list(pairs.values())))
+            t = self._token_id(tok)
+            if t is None:  # text that is no one token's (a piece of a character): the chunk
+                break      # ends after this position's distribution
+            ids.append(t)
+        return _Chunk(list(prefix), ids, dists)
+
+    def _token_id(self, token: str) -> int | None:
+        if token.startswith("token_id:"):
+            try:
+                return int(token[9:])
+            except ValueError:
+                return None
+        if self._text_ids is None:  # text mode: the ids whose decoded text is unique
+            seen: dict[str, int | None] = {}
+            for i in range(len(self.tokenizer)):
+                text = self.tokenizer.decode([i])
+                seen[text] = None if text in seen else i
+            self._text_ids = {t: i for t, i in seen.items() if i is not None}
+        return self._text_ids.get(token)
+
+
+def _server_message(r: Any) -> str:
+    """The error message of a server's answer (OpenAI's ``{"error": {"message": ...}}``,
+    FastAPI's ``{"detail": ...}``, or the text)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text[:300]
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if body.get("detail"):
+            return str(body["detail"])
+        if body.get("message"):
+            return str(body["message"])
+    return str(body)[:300]
