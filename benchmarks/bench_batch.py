@@ -156,9 +156,10 @@ def solo_in_process(src: Path, cfg: dict, tokens: int, n: int) -> float:
     return json.loads(r.stdout.strip().splitlines()[-1])["tok_s"]
 
 
-def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int) -> float:
+def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int,
+                   rounds: int = 2) -> float:
     """A gamma under which about ``rate`` of blendin's steps consult the guide: the quantile of
-    the base's top-1 probabilities (its traces), corrected once for the blended answers' own
+    the base's top-1 probabilities (its traces), corrected ``rounds - 1`` times for the blended answers' own
     rate (a blended token changes what follows)."""
     tops = []
     for res in llm.generate_batch(ps, max_new_tokens=tokens, ignore_eos=True, trace=True,
@@ -166,7 +167,7 @@ def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int) -> 
         tops += [t.base_top1 for t in res.reliability.trace]
     tops.sort()
     q = rate
-    for _ in range(2):
+    for _ in range(rounds):
         gamma = tops[min(int(q * len(tops)), len(tops) - 1)]
         got = llm.generate_batch(ps, max_new_tokens=tokens, ignore_eos=True, strategy="blendin",
                                  gamma=gamma)

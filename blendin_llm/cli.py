@@ -579,6 +579,12 @@ def serve(
                                             "(default 4 x max-batch-size)"),
     served_model_name: Optional[str] = typer.Option(
         None, help="the model name clients send (default: the blend's name)"),
+    ray: bool = typer.Option(False, "--ray", help="serve replicas as a Ray Serve deployment "
+                             "(local Ray cluster, or the one RAY_ADDRESS names)"),
+    replicas: int = typer.Option(1, help="with --ray: replicas, each holding its own pair"),
+    min_replicas: Optional[int] = typer.Option(None, help="with --ray: autoscale down to this"),
+    max_replicas: Optional[int] = typer.Option(None, help="with --ray: autoscale up to this"),
+    num_gpus: float = typer.Option(0, help="with --ray: GPUs per replica"),
 ) -> None:
     """Serve the blended model over an OpenAI-compatible HTTP API (chat completions,
     completions, models, health, metrics), each answer with its reliability record. With no
@@ -596,6 +602,11 @@ def serve(
         if audit_content not in ("full", "hash"):
             raise ConfigError(f"--audit-content must be full or hash, got {audit_content!r}")
         keys = _api_keys(api_key, api_keys_file)
+        if ray:
+            _serve_ray(base, guide, strategy, gamma, alpha, replicas, min_replicas,
+                       max_replicas, num_gpus, max_batch_size, keys, audit, audit_content,
+                       served_model_name, max_queue, host, port)
+            return
         log = None
         if audit:
             from .audit import AuditLog
@@ -616,6 +627,35 @@ def serve(
                           served_name=served_model_name)
     err.print(f"serving {llm.name!r} on http://{host}:{port}/v1 (OpenAI-compatible)")
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _serve_ray(base: str, guide: list[str] | None, strategy: str, gamma: float, alpha: str,
+               replicas: int, min_replicas: int | None, max_replicas: int | None,
+               num_gpus: float, max_batch_size: int, keys: dict | None, audit: str | None,
+               audit_content: str, served_name: str | None, max_queue: int | None, host: str,
+               port: int) -> None:
+    """``blendin serve --ray``: the app as a Ray Serve deployment of ``replicas`` replicas."""
+    try:
+        from .server.ray_serve import deployment, run
+    except ImportError as e:
+        raise ConfigError(f"blendin serve --ray needs the ray extra ({e.name} is missing): "
+                          "pip install 'blendin-llm[ray]'") from None
+    if strategy == "base_only" and not guide:
+        guide = []
+    elif not guide:
+        guide = [DEFAULT_GUIDE]
+    from .sources import check_source
+
+    for source in [base, *guide]:
+        check_source(source)
+    options = {"num_cpus": 1, **({"num_gpus": num_gpus} if num_gpus else {})}
+    app_ = deployment(base, guide, strategy=strategy, gamma=gamma, alpha=alpha,
+                      replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                      ray_actor_options=options, max_batch_size=max_batch_size, api_keys=keys,
+                      audit=audit, audit_content=audit_content, served_name=served_name,
+                      max_queue=max_queue)
+    err.print(f"serving {replicas} replica(s) on http://{host}:{port}/v1 (Ray Serve)")
+    run(app_, host=host, port=port)
 
 
 def _api_keys(key: str | None, path: str | None) -> dict[str, str] | None:

@@ -545,8 +545,10 @@ class Generation:
     def release(self) -> None:
         """Let go of the models' caches (after the last event, or when abandoned): a finished
         sequence that is still referenced (a result list, a traceback) keeps no keys and values."""
+        self.base.release(self.base_state)
         self.base_state.cache = None
         for g in self.guides:
+            g.backend.release(g.state)
             g.state.cache = None
 
     # -- the stream --------------------------------------------------------------------------

@@ -136,7 +136,8 @@ class TopLogprob(BaseModel):
     token: str
     bytes: list[int]
     logprob: float
-    id: Optional[int] = Field(None, description="the token's id in the base's vocabulary")
+    id: Optional[int] = Field(None, exclude=True, description="the token's id in the base's "
+                              "vocabulary (not in OpenAI's shape: left out of dumps)")
 
 
 class TokenLogprob(BaseModel):
@@ -146,7 +147,8 @@ class TokenLogprob(BaseModel):
     bytes: list[int]
     logprob: float
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
-    id: Optional[int] = Field(None, description="the token's id in the base's vocabulary")
+    id: Optional[int] = Field(None, exclude=True, description="the token's id in the base's "
+                              "vocabulary (not in OpenAI's shape: left out of dumps)")
 
 
 def new_result_id() -> str:

@@ -3,7 +3,7 @@ base, a remote guide (same and other vocabulary), sampling, batching, and the se
 (through a real HTTP proxy in front of the real server that fails, stalls or strips answers)."""
 
 import asyncio
-import math
+import json
 import time
 
 import pytest
@@ -12,7 +12,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 import torch  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
 from serving import Served, ServeProcess, free_port  # noqa: E402
 from tiny import make_model, make_sentencepiece_tokenizer, make_tokenizer  # noqa: E402
 
@@ -101,6 +101,7 @@ def test_remote_base_gives_the_in_process_answers_in_few_round_trips(servers, di
         # end); fewer than one per token
         assert base.requests - before < len(got.token_ids)
     # base_only: the chunks are taken whole, one request per 16 tokens
+    base = remote(servers, dirs, "base", chunk=16)
     alone = BlendedLLM(base, [], BlendConfig(strategy="base_only"))
     before = base.requests
     res = alone.generate(PROMPTS[0], max_new_tokens=32, ignore_eos=True)
@@ -216,19 +217,27 @@ class Proxy:
                         self.left_at = time.time()
                         return JSONResponse({}, status_code=499)
                     await asyncio.sleep(0.05)
+            raw = await request.body()
             async with httpx.AsyncClient(timeout=60) as c:
-                r = await c.request(request.method, f"{target}/{path}",
-                                    content=await request.body(),
+                r = await c.request(request.method, f"{target}/{path}", content=raw,
                                     headers={"content-type": "application/json"})
-            body = r.json()
-            if request.method == "POST" and r.status_code == 200:
-                lp = body["choices"][0]["logprobs"]
-                if mode[0] == "strip":
+
+            def change(body):
+                lp = body["choices"][0]["logprobs"] if body.get("choices") else None
+                if lp and mode[0] == "strip":
                     body["choices"][0]["logprobs"] = None
-                elif mode[0] == "fewer":
+                elif lp and mode[0] == "fewer":
                     lp["top_logprobs"] = [dict(list(t.items())[:mode[1]])
                                           for t in lp["top_logprobs"]]
-            return JSONResponse(body, status_code=r.status_code)
+                return body
+
+            if request.method == "POST" and r.status_code == 200 and \
+                    json.loads(raw).get("stream"):
+                lines = [f"data: {json.dumps(change(json.loads(x[6:])))}"
+                         if x.startswith("data: {") else x for x in r.text.split("\n")]
+                return Response("\n".join(lines), media_type="text/event-stream")
+            return JSONResponse(change(r.json()) if request.method == "POST" else r.json(),
+                                status_code=r.status_code)
 
         self.served = Served(app)
         self.url = self.served.url + "/v1"

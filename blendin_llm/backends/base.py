@@ -151,6 +151,10 @@ class ModelBackend(ABC):
         base's exact distribution there."""
         return None
 
+    def release(self, state: SequenceState) -> None:
+        """The sequence is finished: let go of what it holds besides its cache (a remote request
+        still arriving). The default holds nothing else."""
+
     def cancel(self, state: SequenceState) -> None:
         """The sequence was abandoned (called from the caller's thread): stop its work in flight
         (a remote request). The default has nothing to stop."""

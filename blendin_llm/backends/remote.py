@@ -56,32 +56,51 @@ _MAX_CHUNKS = 4  # chunks kept per sequence (a cross-vocabulary guide reads two 
 
 
 class _Chunk:
-    """What one request returned: the tokens the server sampled after ``prefix`` and, for each
-    position, the top-k (ids, log-probs) it sampled from."""
+    """One request's answer, as it arrives: the tokens the server sampled after ``prefix`` and,
+    for each position, the top-k (ids, log-probs) it sampled from. ``limit``: the most tokens
+    asked; ``done``: nothing more will arrive (``error``: why, when it failed)."""
 
-    __slots__ = ("prefix", "tokens", "tops")
+    __slots__ = ("prefix", "tokens", "tops", "limit", "done", "error", "future", "closed")
 
-    def __init__(self, prefix: list[int], tokens: list[int],
-                 tops: list[tuple[list[int], list[float]]]) -> None:
-        self.prefix, self.tokens, self.tops = prefix, tokens, tops
+    def __init__(self, prefix: list[int], limit: int) -> None:
+        self.prefix = prefix
+        self.tokens: list[int] = []
+        self.tops: list[tuple[list[int], list[float]]] = []
+        self.limit = limit
+        self.done = False
+        self.error: BaseException | None = None
+        self.future: concurrent.futures.Future | None = None
+        self.closed = False  # nobody reads it any more: its reader stops at the next piece
+
+    def follows(self, tokens: list[int]) -> bool:
+        """``tokens`` are this chunk's prefix and then its own tokens, as far as they go."""
+        s = len(self.prefix)
+        n = min(len(tokens) - s, len(self.tokens))
+        return n >= 0 and tokens[s:s + n] == self.tokens[:n] and tokens[:s] == self.prefix
+
+    def pending(self, tokens: list[int], p: int) -> bool:
+        """The distribution after ``tokens[:p]`` is still to arrive in this chunk."""
+        s, n = len(self.prefix), len(self.tops)
+        return not self.done and len(self.tokens) == n and s + n <= p < s + self.limit \
+            and p <= len(tokens) and self.follows(tokens[:p])
 
 
 class _RemoteState:
-    """A sequence's remote side: its chunks, how it samples, and its request in flight."""
+    """A sequence's remote side: its chunks (the newest first, maybe still arriving) and how it
+    samples."""
 
-    __slots__ = ("chunks", "sampling", "future", "cancelled", "requests")
+    __slots__ = ("chunks", "sampling", "cancelled", "requests")
 
     def __init__(self) -> None:
         self.chunks: list[_Chunk] = []
         self.sampling: tuple[float, float, int, int | None] = (0.0, 1.0, 0, None)
-        self.future: concurrent.futures.Future | None = None
         self.cancelled = False
         self.requests = 0  # round trips made for this sequence
 
     def lookup(self, tokens: list[int], p: int
                ) -> tuple[tuple[list[int], list[float]], int | None] | None:
         """The distribution after ``tokens[:p]`` and the server's token there (None if unknown),
-        if a chunk knows them: the chunk's prefix is ``tokens``'s and the tokens since are the
+        if a chunk has them: the chunk's prefix is ``tokens``'s and the tokens since are the
         chunk's own."""
         for ch in self.chunks:
             s = len(ch.prefix)
@@ -89,6 +108,15 @@ class _RemoteState:
                     and tokens[:s] == ch.prefix:
                 return ch.tops[p - s], ch.tokens[p - s] if p - s < len(ch.tokens) else None
         return None
+
+    def stop(self, now: bool = False) -> None:
+        """Close the request still arriving, if any: at its next piece (the connection goes back
+        to the pool), or ``now`` (the task is cancelled, even while it waits for the server)."""
+        for ch in self.chunks:
+            if not ch.done:
+                ch.closed = True
+                if now and ch.future is not None:
+                    ch.future.cancel()
 
 
 class _Loop:
@@ -122,7 +150,12 @@ class RemoteModel(ModelBackend):
             detokenized here, so it must be the server's own.
         top_k: top log-probs asked per position (vLLM allows up to ``--max-logprobs``, 20 by
             default); it bounds the approximation (see the module's docstring).
-        chunk: most tokens per request. 1 gives the reference pattern, one request per token.
+        chunk: most tokens per request (default 32). With ``chunk=1, stream=False``: the
+            reference pattern, one request per token.
+        stream: read each request's tokens as the server makes them (server-sent events): the
+            engine goes on with the first token while the server makes the next, and a request
+            whose chunk the blend left is closed at once, so the server stops making tokens
+            nobody reads. False waits for whole chunks.
         timeout: seconds per request (connect and each read).
         retries: further tries after a 429, a 5xx, a timeout or a dropped connection, with
             exponential backoff from ``backoff`` seconds (a ``Retry-After`` header wins).
@@ -145,7 +178,8 @@ class RemoteModel(ModelBackend):
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
-                 tokenizer: Any = None, top_k: int = 20, chunk: int = 16,
+                 tokenizer: Any = None, top_k: int = 20, chunk: int = 32,
+                 stream: bool = True,
                  timeout: float = 60.0, retries: int = 2, backoff: float = 0.25,
                  token_ids: bool = True, context_length: int | None = None,
                  eos_token_ids: Sequence[int] | None = None, name: str | None = None,
@@ -171,6 +205,9 @@ class RemoteModel(ModelBackend):
         self.model = model
         self.top_k = top_k
         self.chunk = chunk
+        self.stream = stream
+        self._cond = threading.Condition()
+        self._arrived = 0  # tokens arrived, all sequences (forward_batch waits on it)
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff = backoff
@@ -297,8 +334,12 @@ class RemoteModel(ModelBackend):
         st = state.cache
         if st is not None:
             st.cancelled = True
-            if st.future is not None:
-                st.future.cancel()
+            st.stop(now=True)
+
+    def release(self, state: SequenceState) -> None:
+        st = state.cache
+        if st is not None:
+            st.stop()
 
     def rollback(self, state: SequenceState, length: int) -> None:
         del state.tokens[length:]
@@ -311,9 +352,11 @@ class RemoteModel(ModelBackend):
 
     def forward_batch(self, states: list[SequenceState], ids: list[list[int]],
                       n_last: list[int]) -> list[Any]:
-        """The distributions after the last ``n_last`` positions of each sequence, from the
-        chunks it has (no request) or from new requests, made concurrently for all sequences
-        that need one. A sequence whose request fails gets its exception in its place."""
+        """The distributions after the last ``n_last`` positions of each sequence: from the
+        chunks it has (no request), waiting for a chunk that is still arriving when it follows
+        the sequence, or from a new request (the old one closed), made concurrently for all
+        sequences that need one. A sequence whose request fails gets its exception in its
+        place."""
         out: list[Any] = [None] * len(states)
         rows: list[list[tuple[list[int], list[float]]]] = [[] for _ in states]
         todo: dict[int, list[int]] = {}
@@ -321,40 +364,40 @@ class RemoteModel(ModelBackend):
             s.tokens.extend(i)
             todo[j] = list(range(len(s.tokens) - n + 1, len(s.tokens) + 1))
         while todo:
-            need: dict[int, int] = {}
+            seen = self._arrived
+            waiting = False
             for j in list(todo):
-                s, positions = states[j], todo[j]
-                while positions and (hit := s.cache.lookup(s.tokens, positions[0])) is not None:
+                s, st, positions = states[j], states[j].cache, todo[j]
+                while positions and (hit := st.lookup(s.tokens, positions[0])) is not None:
                     rows[j].append(hit[0])
                     positions.pop(0)
-                if positions:
-                    need[j] = positions[0]
-                else:
+                if not positions:
                     del todo[j]
-            if not need:
-                break
-            futures = {}
-            for j, p in need.items():
-                st = states[j].cache
+                    continue
+                p = positions[0]
+                head = st.chunks[0] if st.chunks else None
+                if head is not None and head.pending(s.tokens, p):
+                    waiting = True  # it is on its way
+                    continue
+                if head is not None and head.done and head.error is not None and \
+                        len(head.prefix) + len(head.tops) == p and head.follows(s.tokens[:p]):
+                    out[j] = head.error  # the request for this very position failed
+                    del todo[j]
+                    continue
                 if st.cancelled:
                     out[j] = RemoteModelError("the sequence was abandoned")
                     del todo[j]
                     continue
-                st.future = self._loop.submit(self._request(st, states[j].tokens[:p]))
-                futures[j] = st.future
-            concurrent.futures.wait(list(futures.values()))
-            for j, f in futures.items():
-                states[j].cache.future = None
                 try:
-                    states[j].cache.chunks.insert(0, f.result())
-                    del states[j].cache.chunks[_MAX_CHUNKS:]
-                except concurrent.futures.CancelledError:
-                    out[j] = RemoteModelError("the request was cancelled: the sequence was "
-                                              "abandoned")
-                    del todo[j]
-                except BaseException as e:
+                    self._open(st, s.tokens[:p])
+                except RemoteModelError as e:
                     out[j] = e
                     del todo[j]
+                    continue
+                waiting = True
+            if todo and waiting:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._arrived != seen, timeout=1.0)
         for j, r in enumerate(rows):
             if out[j] is None:
                 logits = torch.stack([self._logits(*top) for top in r])
@@ -373,6 +416,17 @@ class RemoteModel(ModelBackend):
         return x
 
     # -- the request ---------------------------------------------------------------------------
+    def _open(self, st: _RemoteState, prefix: list[int]) -> _Chunk:
+        """Start the request for the tokens after ``prefix`` (closing the sequence's request
+        still arriving: it went another way)."""
+        body = self._body(st, prefix)
+        st.stop()
+        ch = _Chunk(list(prefix), body["max_tokens"])
+        st.chunks.insert(0, ch)
+        del st.chunks[_MAX_CHUNKS:]
+        ch.future = self._loop.submit(self._fill(st, ch, body))
+        return ch
+
     def _body(self, st: _RemoteState, prefix: list[int]) -> dict:
         n = self.chunk
         if self._context is not None:
@@ -383,7 +437,7 @@ class RemoteModel(ModelBackend):
         temperature, top_p, top_k, seed = st.sampling
         body: dict[str, Any] = {
             "model": self.model, "max_tokens": n, "logprobs": self.top_k,
-            "temperature": temperature, "ignore_eos": True, "stream": False,
+            "temperature": temperature, "ignore_eos": True, "stream": self.stream,
         }
         if self.token_ids:
             body["prompt"] = prefix
@@ -400,46 +454,94 @@ class RemoteModel(ModelBackend):
                 body["seed"] = (seed * 1_000_003 + len(prefix)) % 2**31
         return body
 
-    async def _request(self, st: _RemoteState, prefix: list[int]) -> _Chunk:
-        body = self._body(st, prefix)
-        error: RemoteModelError | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
-                await asyncio.sleep(getattr(error, "retry_after", None)
-                                    or self.backoff * 2 ** (attempt - 1))
-            self.requests += 1
-            st.requests += 1
-            try:
-                r = await self._client.post("/completions", content=json.dumps(body))
-            except Exception as e:
-                import httpx
+    def _notify(self) -> None:
+        with self._cond:
+            self._arrived += 1
+            self._cond.notify_all()
 
-                if isinstance(e, httpx.TimeoutException):
+    async def _fill(self, st: _RemoteState, ch: _Chunk, body: dict) -> None:
+        """Run the request and put what arrives into ``ch`` (retrying a request that failed
+        before anything arrived)."""
+        import httpx
+
+        error: RemoteModelError | None = None
+        content = json.dumps(body)
+        try:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    self.retried += 1
+                    await asyncio.sleep(getattr(error, "retry_after", None)
+                                        or self.backoff * 2 ** (attempt - 1))
+                self.requests += 1
+                st.requests += 1
+                try:
+                    if self.stream:
+                        async with self._client.stream("POST", "/completions",
+                                                       content=content) as r:
+                            if r.status_code != 200:
+                                await r.aread()
+                                error = self._status_error(r)
+                                continue
+                            async for line in r.aiter_lines():
+                                if not line.startswith("data:"):
+                                    continue
+                                data = line[5:].strip()
+                                if data == "[DONE]" or ch.closed:
+                                    break
+                                if self._add(ch, json.loads(data)):
+                                    return
+                    else:
+                        r = await self._client.post("/completions", content=content)
+                        if r.status_code != 200:
+                            error = self._status_error(r)
+                            continue
+                        try:
+                            answer = r.json()
+                        except ValueError:
+                            raise RemoteModelError(f"{self.base_url} answered with no JSON: "
+                                                   f"{r.text[:200]!r}") from None
+                        self._add(ch, answer)
+                    if not ch.tops:
+                        raise self._no_logprobs()
+                    return
+                except httpx.TimeoutException as e:
                     error = RemoteTimeoutError(
                         f"{self.base_url} did not answer within {self.timeout:g} s "
                         f"({type(e).__name__}); raise RemoteModel(timeout=...) or check the "
                         "server's load")
-                elif isinstance(e, httpx.TransportError):
+                except httpx.TransportError as e:
                     error = RemoteModelError(f"cannot reach {self.base_url} "
                                              f"({type(e).__name__}: {e})")
-                else:
-                    raise
-                continue
-            if r.status_code == 200:
-                return self._chunk(r, prefix)
-            msg = _server_message(r)
-            if r.status_code == 429 or r.status_code >= 500:
-                error = RemoteModelError(f"{self.base_url} answered {r.status_code} "
-                                         f"{self.retries + 1} times: {msg}", r.status_code)
-                ra = r.headers.get("retry-after")
-                error.retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() \
-                    else None
-                continue
-            raise RemoteModelError(f"{self.base_url} refused the request ({r.status_code}): "
-                                   f"{msg}{self._hint(msg)}", r.status_code)
-        assert error is not None
-        raise error
+                if ch.tops:  # part arrived: the next request starts where it broke off
+                    return
+            assert error is not None
+            raise error
+        except asyncio.CancelledError:
+            ch.error = RemoteModelError("the request was cancelled")
+            raise
+        except BaseException as e:
+            ch.error = e
+        finally:
+            ch.done = True
+            self._notify()
+
+    def _status_error(self, r: Any) -> RemoteModelError:
+        """The error of a non-200 answer: retried (429, 5xx) or raised at once (the others)."""
+        msg = _server_message(r)
+        if r.status_code == 429 or r.status_code >= 500:
+            error = RemoteModelError(f"{self.base_url} answered {r.status_code} "
+                                     f"{self.retries + 1} times: {msg}", r.status_code)
+            ra = r.headers.get("retry-after")
+            error.retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
+            return error
+        raise RemoteModelError(f"{self.base_url} refused the request ({r.status_code}): "
+                               f"{msg}{self._hint(msg)}", r.status_code)
+
+    def _no_logprobs(self) -> RemoteModelError:
+        return RemoteModelError(
+            f"{self.base_url} answered without top log-probs for model {self.model!r}: "
+            "RemoteModel needs a /v1/completions endpoint that returns 'logprobs' with "
+            "'top_logprobs' for every token (vLLM and SGLang do; llama.cpp: set n_probs)")
 
     def _hint(self, msg: str) -> str:
         m = msg.lower()
@@ -451,31 +553,34 @@ class RemoteModel(ModelBackend):
             return "; if the server takes only text prompts, use RemoteModel(token_ids=False)"
         return ""
 
-    def _chunk(self, r: Any, prefix: list[int]) -> _Chunk:
-        """Parse a completions answer (OpenAI's ``logprobs`` object: ``tokens`` and
-        ``top_logprobs``)."""
+    def _add(self, ch: _Chunk, answer: Any) -> bool:
+        """Put the tokens of a completions answer (or a streamed piece of one) into ``ch``;
+        True when the chunk cannot go on (a token the local tokenizer does not know)."""
+        if isinstance(answer, dict) and answer.get("error"):
+            raise RemoteModelError(f"{self.base_url} failed while answering: "
+                                   f"{_server_message_of(answer)}")
         try:
-            choice = r.json()["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
+            choices = answer["choices"]
+        except (KeyError, TypeError):
             raise RemoteModelError(f"{self.base_url} answered with no completion choice: "
-                                   f"{r.text[:200]!r}") from None
+                                   f"{str(answer)[:200]!r}") from None
+        if not choices:  # a usage-only piece of a stream
+            return False
+        choice = choices[0]
         lp = choice.get("logprobs") or {}
         tokens, tops = lp.get("tokens"), lp.get("top_logprobs")
+        if self.stream and not tokens:
+            return False  # a piece with no token (the end; text held back until then)
         if not tokens or not tops or len(tops) != len(tokens) or any(t is None for t in tops):
-            raise RemoteModelError(
-                f"{self.base_url} answered without top log-probs for model {self.model!r}: "
-                "RemoteModel needs a /v1/completions endpoint that returns 'logprobs' with "
-                "'top_logprobs' for every token (vLLM and SGLang do; llama.cpp: set n_probs)")
+            raise self._no_logprobs()
         # keyed by text, tokens of equal text collapse into one entry: only ids are counted
         want = min(self.top_k, self._width) if self.token_ids else 1
-        ids: list[int] = []
-        dists: list[tuple[list[int], list[float]]] = []
         for pos, (tok, top) in enumerate(zip(tokens, tops)):
             if len(top) < want:
                 raise RemoteModelError(
                     f"{self.base_url} returned {len(top)} top log-probs where {want} were "
-                    f"asked (position {pos}): the server caps them (vLLM: --max-logprobs); "
-                    "lower RemoteModel(top_k=...) to what it allows")
+                    f"asked (position {len(ch.tops)}): the server caps them (vLLM: "
+                    "--max-logprobs); lower RemoteModel(top_k=...) to what it allows")
             pairs = {}
             for k, v in top.items():
                 i = self._token_id(k)
@@ -486,12 +591,14 @@ class RemoteModel(ModelBackend):
                     f"{self.base_url} returned top log-probs of tokens the local tokenizer of "
                     f"{self.model!r} does not know ({list(top)[:5]}): pass the served model's "
                     "tokenizer, or use token ids (RemoteModel(token_ids=True))")
-            dists.append((list(pairs), list(pairs.values())))
             t = self._token_id(tok)
+            ch.tops.append((list(pairs), list(pairs.values())))
             if t is None:  # text that is no one token's (a piece of a character): the chunk
-                break      # ends after this position's distribution
-            ids.append(t)
-        return _Chunk(list(prefix), ids, dists)
+                self._notify()  # ends after this position's distribution
+                return True
+            ch.tokens.append(t)
+        self._notify()
+        return False
 
     def _token_id(self, token: str) -> int | None:
         if token.startswith("token_id:"):
@@ -515,6 +622,10 @@ def _server_message(r: Any) -> str:
         body = r.json()
     except ValueError:
         return r.text[:300]
+    return _server_message_of(body)
+
+
+def _server_message_of(body: Any) -> str:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict) and err.get("message"):

@@ -208,7 +208,7 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
             return StreamingResponse(
                 _sse(first, events, chat, rid, name, want_lp, include_usage, metrics, t0,
                      lambda res: record(rid, config, req_record, res, t0, tenant, user),
-                     release, route),
+                     release, route, bool(body.get("return_tokens_as_token_ids"))),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
@@ -266,7 +266,8 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
 
 async def _sse(first: Any, events: AsyncIterator, chat: bool, rid: str, name: str,
                want_lp: bool, include_usage: bool, metrics: _Metrics, t0: float,
-               record: Any, release: Any, route: str) -> AsyncIterator[bytes]:
+               record: Any, release: Any, route: str, token_ids: bool = False
+               ) -> AsyncIterator[bytes]:
     """The answer as server-sent events; the audit record is committed before the last chunk.
     A client that goes away cancels this generator, which closes the engine's stream and frees
     its row at the next step."""
@@ -310,7 +311,9 @@ async def _sse(first: Any, events: AsyncIterator, chat: bool, rid: str, name: st
                     yield sse(P.chat_chunk(rid, name, {"content": event.text},
                                            logprob=event.logprob if want_lp else None))
                 else:
-                    yield sse(P.completion_chunk(rid, name, event.text))
+                    yield sse(P.completion_chunk(
+                        rid, name, event.text, logprobs=P.completion_logprobs(
+                            [event.logprob], token_ids) if want_lp and event.logprob else None))
             event = await events.__anext__()
     except BlendInError as exc:  # after the response started: an error event, then the end
         yield sse(P.error_body(str(exc), "server_error" if isinstance(exc, AuditError)

@@ -171,14 +171,14 @@ def text_completion(rid: str, model: str, result: BlendResult, logprobs: bool,
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason,
-                     "logprobs": _completion_logprobs(result.logprobs or [], token_ids)
+                     "logprobs": completion_logprobs(result.logprobs or [], token_ids)
                      if logprobs else None}],
         "usage": usage(result),
         "reliability": result.reliability.model_dump(mode="json"),
     }
 
 
-def _completion_logprobs(lps: list[TokenLogprob], token_ids: bool = False) -> dict:
+def completion_logprobs(lps: list[TokenLogprob], token_ids: bool = False) -> dict:
     """OpenAI's completions ``logprobs``; with ``token_ids`` (vLLM's
     ``return_tokens_as_token_ids``) tokens are written ``"token_id:<id>"``, which keeps tokens of
     equal text apart."""
@@ -191,9 +191,10 @@ def _completion_logprobs(lps: list[TokenLogprob], token_ids: bool = False) -> di
 
 
 def completion_chunk(rid: str, model: str, text: str, finish: str | None = None,
-                     **extra: Any) -> dict:
+                     logprobs: dict | None = None, **extra: Any) -> dict:
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                         "logprobs": logprobs}],
             **extra}
 
 
