@@ -7,9 +7,12 @@ They are plain frozen dataclasses validated on construction: a bad value raises 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import ConfigError, GenerationArgumentError
@@ -163,8 +166,6 @@ class BlendConfig:
     @classmethod
     def from_profile(cls, path: Any) -> "BlendConfig":
         """The recommended config of a profile written by ``blendin calibrate``."""
-        from .calibration import load_profile
-
         return load_profile(path)["config"]
 
     @classmethod
@@ -360,3 +361,42 @@ class ModelSpec:
             raise ConfigError(
                 f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}"
             )
+
+
+# -- profiles written by ``blendin calibrate`` (``blendin_llm.eval.calibration``): a config with its
+# score model; reading one needs no evaluation extra
+PROFILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no score model
+
+
+def load_profile(path: str | Path, force: bool = False) -> dict:
+    """Read and check a profile file written by ``blendin calibrate``.
+
+    Args:
+        path: the profile (JSON).
+        force: mark its score model to be applied even to another model pair.
+
+    Returns:
+        The profile's dict; ``"config"`` is a BlendConfig, whose ``reliability.score_model`` is the
+        profile's score model when it has one (it scores answers of the strategy it was fitted
+        on).
+    """
+    from .calibrated import ScoreModel
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the profile {str(path)!r}: {e}") from None
+    if not isinstance(data, dict) or data.get("blendin_profile") not in READABLE_VERSIONS:
+        raise ConfigError(f"{str(path)!r} is not a blendin profile (version "
+                          f"{' or '.join(map(str, READABLE_VERSIONS))})")
+    config = BlendConfig.from_dict(data.get("config") or {})
+    sm = data.get("score_model")
+    if sm is not None:
+        model = ScoreModel.from_dict(sm, force=force)
+        data["score_model"] = model
+        rel = dataclasses.replace(config.reliability, score_model=model)
+        config = dataclasses.replace(config, reliability=rel)
+    data["config"] = config
+    return data

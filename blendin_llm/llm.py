@@ -189,7 +189,7 @@ class BlendedLLM:
         """The pair and the recommended config of a profile written by ``blendin calibrate``
         (``base``/``guides`` replace the models it names, e.g. already-loaded ones). A profile
         whose score model was fitted for other models raises ConfigError unless ``force``."""
-        from .calibration import load_profile
+        from .config import load_profile
 
         prof = load_profile(path, force=force)
         models = prof.get("models") or {}

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .engine import Fetch, Forward, Generation
+from .engine import Forward, Generation
 from .results import StreamEvent
 
 # a sink receives (event, None) for each event and (None, error) once when the request fails

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_arithmetic  # noqa: E402
 
-from blendin_llm.calibrated import ScoreModel, fit_score_model  # noqa: E402
-from blendin_llm.evaluation import feature, read_records, rescore  # noqa: E402
-from blendin_llm.metrics import auroc, brier, ece, prr, risk_coverage  # noqa: E402
+from blendin_llm.calibrated import ScoreModel  # noqa: E402
+from blendin_llm.eval.calibration import fit_score_model  # noqa: E402
+from blendin_llm.eval.runner import feature, read_records, rescore  # noqa: E402
+from blendin_llm.eval.metrics import auroc, brier, ece, prr, risk_coverage  # noqa: E402
 from blendin_llm.uncertainty import BASELINES, FEATURES  # noqa: E402
 
 MAX_NEW_TOKENS = {"arithmetic": 10, "xstest": 12}
@@ -43,7 +44,7 @@ def prepare(run: Path, data: Path) -> dict[str, dict]:
     make_arithmetic.write(str(run / "arith_fit.jsonl"), make_arithmetic.make(150, seed=11))
     make_arithmetic.write(str(run / "arith_test.jsonl"), make_arithmetic.make(150, seed=12))
     make_arithmetic.write(str(run / "arith_shots.jsonl"), make_arithmetic.fewshot())
-    from blendin_llm.datasets import load_dataset
+    from blendin_llm.eval.datasets import load_dataset
 
     ds = load_dataset(data / "xstest" / "xstest_prompts.csv", limit=120, seed=0)
     safe = [i for i in ds.items if i.label == "safe"]
@@ -62,8 +63,8 @@ def prepare(run: Path, data: Path) -> dict[str, dict]:
 
 def decode(run: Path, runs: dict[str, dict]) -> None:
     from blendin_llm import BlendedLLM
-    from blendin_llm.datasets import load_dataset
-    from blendin_llm.evaluation import run_eval
+    from blendin_llm.eval.datasets import load_dataset
+    from blendin_llm.eval.runner import run_eval
 
     llm = BlendedLLM("gemma-3-270m", ["smollm2-135m-instruct"])
     for name, r in runs.items():
@@ -168,10 +169,10 @@ def render(recs: dict, docs: Path) -> str:
             "(150 + 150 arithmetic, 120 XSTest) were done; the tables use the answers there are."),
          f"* Only the answer is scored: the {unscored} tokens decoded to recognise the stop "
          "string `\\nUser:` (3 per answer that ended there) are not counted.", "",
-         "Scoring is by rules (`blendin_llm.scoring`): last-number match for arithmetic; "
+         "Scoring is by rules (`blendin_llm.eval.scoring`): last-number match for arithmetic; "
          "XSTest correct = complies with a safe prompt, refuses an unsafe one.", "",
          "## Held-out: the calibrated score against every single-signal baseline", "",
-         "The score model (`blendin_llm.calibrated.fit_score_model`: all features of "
+         "The score model (`blendin_llm.eval.calibration.fit_score_model`: all features of "
          "`blendin_llm.uncertainty.FEATURES`, logistic regression with cross-validated L2, Platt "
          "calibration, flag threshold for `recall=0.8` of wrong answers) is fitted on one set and "
          "judged on the other, both ways; nothing of the test set is used to fit or choose "
@@ -307,7 +308,7 @@ def render(recs: dict, docs: Path) -> str:
             "honestly says it does not know; without one, the `intervention rate > 0.20` flag "
             "fires on nearly every free-text answer (the guide is consulted often in open "
             "text), which says the pair leans on the guide, not that the answer is wrong. Judge "
-            "refusal decisions with a refusal check (`blendin_llm.scoring.is_refusal`) or a "
+            "refusal decisions with a refusal check (`blendin_llm.eval.scoring.is_refusal`) or a "
             "judge model, not with the reliability score.")
     L += ["", "The XSTest answers were decoded before the EOS step stopped being scored; an "
           "answer that ended with EOS (few: most ran to 12 tokens) has that step in its "

@@ -8,12 +8,14 @@ import random
 import pytest
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
-from blendin_llm.calibrated import ScoreModel, choose_threshold, fingerprint, fit_score_model
-from blendin_llm.calibration import calibrate, load_profile
-from blendin_llm.datasets import load_dataset
+from blendin_llm.calibrated import ScoreModel, fingerprint
+from blendin_llm.eval.calibration import choose_threshold, fit_score_model
+from blendin_llm.eval.calibration import calibrate
+from blendin_llm.config import load_profile
+from blendin_llm.eval.datasets import load_dataset
 from blendin_llm.errors import ConfigError
-from blendin_llm.evaluation import rescore, summarize
-from blendin_llm.metrics import auroc, brier, ece, prr, risk_coverage
+from blendin_llm.eval.runner import rescore, summarize
+from blendin_llm.eval.metrics import auroc, brier, ece, prr, risk_coverage
 
 pytest.importorskip("sklearn")
 
@@ -214,7 +216,7 @@ def test_cli_calibrate_fits_a_profile_and_eval_applies_it(tok, base_model, guide
     from typer.testing import CliRunner
 
     from blendin_llm.cli import app
-    from blendin_llm.evaluation import read_records
+    from blendin_llm.eval.runner import read_records
 
     for name, model in (("base", base_model), ("guide", guide_model)):
         model.save_pretrained(tmp_path / name)

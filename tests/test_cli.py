@@ -249,10 +249,10 @@ def test_an_unexpected_failure_is_one_line_with_exit_1(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    import blendin_llm.sources
+    import blendin_llm.pairs
 
-    monkeypatch.setattr(blendin_llm.sources, "check_source", broken)
-    monkeypatch.setattr(cli, "_DEBUG", False)
+    monkeypatch.setattr(blendin_llm.pairs, "check_source", broken)
+    monkeypatch.setattr(cli.state, "debug", False)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["generate", "hi", "--base", "/nonexistent/dir"])
     err = capsys.readouterr().err

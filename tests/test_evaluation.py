@@ -9,13 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from blendin_llm import BlendConfig, BlendedLLM
-from blendin_llm.calibration import VERDICT, calibrate, load_profile
+from blendin_llm.eval.calibration import VERDICT, calibrate
+from blendin_llm.config import load_profile
 from blendin_llm.cli import app
-from blendin_llm.datasets import load_dataset, load_fewshot
+from blendin_llm.eval.datasets import load_dataset, load_fewshot
 from blendin_llm.errors import ConfigError, DatasetError, EvalError
-from blendin_llm.evaluation import auroc, parse_strategies, read_records, run_eval, summarize
-from blendin_llm.report import calibration_bins, roc_points, write_report
-from blendin_llm.scoring import answer_correct, is_refusal, score_answer
+from blendin_llm.eval.runner import auroc, parse_strategies, read_records, run_eval, summarize
+from blendin_llm.eval.report import calibration_bins, roc_points, write_report
+from blendin_llm.eval.scoring import answer_correct, is_refusal, score_answer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
@@ -270,7 +271,7 @@ def test_a_second_process_on_the_same_out_fails_at_once(make_llm, qa, tmp_path):
 
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from blendin_llm.evaluation import lock_output\n"
+        [sys.executable, "-c", "import sys, time; from blendin_llm.eval.runner import lock_output\n"
          "with lock_output(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
          str(out)], stdout=subprocess.PIPE, env=os.environ.copy())
     try:
@@ -291,7 +292,7 @@ def test_a_second_process_on_the_same_out_fails_at_once(make_llm, qa, tmp_path):
     assert len(run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=3,
                         progress=False)) == 4
     # and the same process may hold it again while it runs (re-entrant)
-    from blendin_llm.evaluation import lock_output
+    from blendin_llm.eval.runner import lock_output
     with lock_output(out):
         assert len(run_eval(llm, [qa], ["base_only"], out=out, max_new_tokens=3,
                             progress=False)) == 4

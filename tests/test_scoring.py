@@ -1,6 +1,6 @@
 import pytest
 
-from blendin_llm.scoring import gsm8k_correct, gsm8k_gold, is_refusal, last_number, xstest_correct
+from blendin_llm.eval.scoring import gsm8k_correct, gsm8k_gold, is_refusal, last_number, xstest_correct
 
 
 @pytest.mark.parametrize("text, value", [

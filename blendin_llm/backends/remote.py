@@ -41,7 +41,6 @@ import concurrent.futures
 import json
 import math
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -27,12 +27,12 @@ class _Replica:
         self.options = options
 
     def __serve_build_asgi_app__(self) -> Any:
-        from ..cli import _build
+        from ..pairs import build_pair
         from .app import create_app
 
         o = self.options
-        llm = _build(o["base"], o.get("guides"), o.get("strategy", "blendin"),
-                     o.get("gamma", 0.4), str(o.get("alpha", "auto")), None)
+        llm = build_pair(o["base"], o.get("guides") or None, strategy=o.get("strategy", "blendin"),
+                         gamma=o.get("gamma", 0.4), alpha=o.get("alpha", "auto"))
         llm.scheduler.max_batch_size = o.get("max_batch_size", 16)
         return create_app(llm, api_keys=o.get("api_keys"), audit=o.get("audit"),
                           audit_content=o.get("audit_content", "full"),

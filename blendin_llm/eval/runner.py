@@ -1,7 +1,7 @@
 """``blendin eval``: several strategies side by side over the same items, scored by rules.
 
-    from blendin_llm.datasets import load_dataset
-    from blendin_llm.evaluation import run_eval, summarize
+    from blendin_llm.eval.datasets import load_dataset
+    from blendin_llm.eval.runner import run_eval, summarize
     ds = load_dataset("gsm8k/test.jsonl", limit=50)
     records = run_eval(llm, [ds], out="runs/gsm8k", max_new_tokens=64)
     rows = summarize(records)
@@ -13,7 +13,7 @@ atomically); a rerun with other settings is refused (use another output director
 ``fresh=True``). One run at a time writes a directory: ``lock_output`` holds it, and a second
 process fails at once with an ``EvalError`` that names the holder.
 
-The reliability score is judged (``blendin_llm.metrics``) by its AUROC and prediction-rejection
+The reliability score is judged (``blendin_llm.eval.metrics``) by its AUROC and prediction-rejection
 ratio (PRR) for telling right answers from wrong ones, and as a probability by its ECE and Brier
 score, next to every single-signal baseline (``blendin_llm.uncertainty.BASELINES``: normalized
 probability, min token probability, mean/min negentropy, margin; over the final distribution and
@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import Dataset
-from .errors import ConfigError, EvalError
+from ..errors import ConfigError, EvalError
 from .metrics import auroc, brier, ece, prr
 from .scoring import score_answer
-from .uncertainty import BASELINES
+from ..uncertainty import BASELINES
 
 DEFAULT_STRATEGIES = ("base_only", "guide_only", "nudging", "blendin", "blendin:alpha=0.5",
                       "ensemble")
@@ -62,7 +62,7 @@ class StrategyRun:
 
     @classmethod
     def parse(cls, text: str) -> "StrategyRun":
-        from .config import BlendConfig
+        from ..config import BlendConfig
 
         name, _, rest = text.strip().partition(":")
         over: dict[str, Any] = {"strategy": name}

@@ -19,7 +19,7 @@
 
 4. With labelled items (``EvalItem``s whose answers can be scored: an ``answer`` or a ``label``),
    the pass-2 answers are scored by rules and a calibrated score model P(correct | features) is
-   fitted on them (``blendin_llm.calibrated.fit_score_model``, scikit-learn): with the profile
+   fitted on them (``fit_score_model`` below, scikit-learn): with the profile
    loaded, ``reliability.score`` is that probability and ``flagged`` means score < the threshold
    chosen for ``flag_target``. ``gamma=`` fixes gamma and skips pass 1 (no recommendation).
 
@@ -31,22 +31,25 @@ models is refused by ``BlendedLLM`` (``force=True`` applies it anyway).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import statistics
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-import dataclasses
 from typing import Any
 
-from .config import BlendConfig
-from .errors import ConfigError
+from ..calibrated import ScoreModel, pair_fingerprints, parse_target
+from ..config import BlendConfig
+from ..errors import ConfigError
+from ..config import PROFILE_VERSION
+from ..uncertainty import FEATURES
 
 GAMMAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 VERDICT = {"good_max_rate": 0.20, "good_min_agreement": 0.5, "bad_rate": 0.35,
            "bad_agreement": 0.25}
-PROFILE_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no score model
 
 
 @dataclass
@@ -119,7 +122,6 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
     Returns:
         The Calibration (``.save(path)`` writes the profile).
     """
-    from .calibrated import fit_score_model, pair_fingerprints, parse_target
 
     if not prompts:
         raise ConfigError("calibrate needs at least one prompt")
@@ -148,7 +150,7 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
     records: list[dict] = []
     if labelled:
         from .datasets import Dataset
-        from .evaluation import run_eval
+        from .runner import run_eval
 
         saved = llm.config
         llm.config = pass2
@@ -242,36 +244,157 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
                        score_model, records)
 
 
-def load_profile(path: str | Path, force: bool = False) -> dict:
-    """Read and check a profile file written by ``blendin calibrate``.
+# -- fitting (scikit-learn) ----------------------------------------------------------------------
+def _sklearn():
+    try:
+        import numpy as np
+        from sklearn.isotonic import IsotonicRegression
+        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    except ImportError as e:
+        raise ConfigError("fitting a score model needs scikit-learn: "
+                          "pip install 'blendin-llm[eval]'") from e
+    return np, IsotonicRegression, LogisticRegression, LogisticRegressionCV, StratifiedKFold, \
+        cross_val_predict
+
+
+def choose_threshold(probs: Sequence[float], correct: Sequence[bool], target: str) -> dict:
+    """The flag threshold for ``target`` on (probability, correct) pairs; returns ``threshold``
+    and what it achieves there (``precision`` of kept, ``recall`` of wrong answers, ``kept``
+    share, ``met``: whether the target was reached)."""
+    kind, goal = parse_target(target)
+    pairs = sorted(zip(probs, correct))
+    n = len(pairs)
+    n_wrong = sum(1 for _, c in pairs if not c)
+    cands = sorted(set(p for p, _ in pairs)) + [1.0 + 1e-9]
+    best = None
+    # flagged = score < t. Scan t from low (few flags) to high.
+    flagged_wrong = flagged = 0
+    j = 0
+    for t in cands:
+        while j < n and pairs[j][0] < t:
+            flagged += 1
+            flagged_wrong += not pairs[j][1]
+            j += 1
+        kept = n - flagged
+        kept_right = (n - n_wrong) - (flagged - flagged_wrong)
+        precision = kept_right / kept if kept else 1.0
+        recall = flagged_wrong / n_wrong if n_wrong else 1.0
+        ok = (kept > 0 and precision >= goal) if kind == "precision" else recall >= goal
+        row = {"threshold": float(min(t, 1.0)), "precision": precision, "recall": recall,
+               "kept": kept / n if n else 0.0, "met": ok}
+        if ok:
+            best = row
+            break
+    if best is None:  # not reachable: flag everything
+        best = {"threshold": 1.0, "precision": 1.0, "recall": 1.0, "kept": 0.0, "met": False}
+    return best
+
+
+def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: str = "recall=0.8",
+                    calibration: str = "auto", features: Sequence[str] = FEATURES,
+                    folds: int = 5, seed: int = 0, select: str = "all",
+                    strategy: str = "blendin",
+                    gamma: float | None = None, alpha: Any = None,
+                    fingerprints: dict | None = None, about: dict | None = None) -> ScoreModel:
+    """Fit a ScoreModel on answers' feature dicts ``rows`` and their ``correct`` labels.
 
     Args:
-        path: the profile (JSON).
-        force: mark its score model to be applied even to another model pair.
+        rows: one feature dict per answer (``reliability.features``).
+        correct: whether each answer was right.
+        target: the flag threshold's target, ``precision=P`` or ``recall=R``.
+        calibration: ``"platt"``, ``"isotonic"`` or ``"auto"`` (isotonic from 500 answers on).
+        features: the feature names to use (default: all of ``FEATURES``).
+        folds: cross-validation folds (for the regularisation, the model choice, the calibration
+            map and the threshold); fewer when a class has fewer answers.
+        select: ``"all"`` (default): the regression over every feature; ``"auto"``: that, or a
+            regression on one feature alone, whichever has the lower out-of-fold log-loss on the
+            fit data (nested cross-validation): with about a hundred answers the many-feature
+            regression is noisy, and a single strong signal may predict as well.
+        strategy, gamma, alpha: the decoding the answers came from (stored, checked when applied).
+        fingerprints: the pair's ``pair_fingerprints`` (stored; empty = not checked).
+        about: extra facts stored in ``fit`` (data, models).
 
     Returns:
-        The profile's dict; ``"config"`` is a BlendConfig, whose ``reliability.score_model`` is the
-        profile's score model when it has one (it scores answers of the strategy it was fitted
-        on).
+        The ScoreModel; ``fit`` holds its out-of-fold AUROC, Brier score, ECE and threshold
+        numbers on the fit data.
     """
-    from .calibrated import ScoreModel
+    np, Iso, LR, LRCV, SKF, cvp = _sklearn()
+    parse_target(target)
+    if calibration not in ("auto", "platt", "isotonic"):
+        raise ConfigError(f"calibration must be auto, platt or isotonic, got {calibration!r}")
+    y = np.array([bool(c) for c in correct], dtype=int)
+    if len(rows) != len(y):
+        raise ConfigError("rows and correct labels differ in length")
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if min(n_pos, n_neg) < 2:
+        raise ConfigError(f"fitting needs at least 2 right and 2 wrong answers; got {n_pos} right "
+                          f"and {n_neg} wrong: use more (or other) labelled items")
+    features = tuple(f for f in features if f in FEATURES)
+    raw = np.array([[np.nan if r.get(f) is None else float(r[f]) for f in features]
+                    for r in rows], dtype=float)
+    fill = np.nanmean(np.where(np.isfinite(raw), raw, np.nan), axis=0)
+    fill = np.where(np.isfinite(fill), fill, 0.0)
+    X = np.where(np.isfinite(raw), raw, fill)
+    mean, scale = X.mean(0), X.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    Z = (X - mean) / scale
+    k = max(2, min(folds, n_pos, n_neg))
+    cv = SKF(n_splits=k, shuffle=True, random_state=seed)
+    if select not in ("auto", "all"):
+        raise ConfigError(f"select must be auto or all, got {select!r}")
 
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the profile {str(path)!r}: {e}") from None
-    if not isinstance(data, dict) or data.get("blendin_profile") not in READABLE_VERSIONS:
-        raise ConfigError(f"{str(path)!r} is not a blendin profile (version "
-                          f"{' or '.join(map(str, READABLE_VERSIONS))})")
-    config = BlendConfig.from_dict(data.get("config") or {})
-    sm = data.get("score_model")
-    if sm is not None:
-        model = ScoreModel.from_dict(sm, force=force)
-        data["score_model"] = model
-        rel = dataclasses.replace(config.reliability, score_model=model)
-        config = dataclasses.replace(config, reliability=rel)
-    data["config"] = config
-    return data
+    def logloss(p):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
+    def lrcv():
+        return LRCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss",
+                    max_iter=2000)
 
+    candidates: dict[str, float] = {}
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces changes of defaults we don't use
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        chosen = "all"
+        if select == "auto" and len(features) > 1:
+            candidates["all"] = logloss(cvp(lrcv(), Z, y, cv=cv, method="predict_proba")[:, 1])
+            for j, f in enumerate(features):
+                candidates[f] = logloss(cvp(LR(C=1e4, max_iter=2000), Z[:, [j]], y, cv=cv,
+                                            method="predict_proba")[:, 1])
+            chosen = min(candidates, key=lambda c: (candidates[c], c != "all"))
+        if chosen == "all":
+            lr = lrcv().fit(Z, y)
+            C = float(np.atleast_1d(lr.C_)[0])
+        else:
+            j = features.index(chosen)
+            features, fill, mean, scale = (chosen,), fill[[j]], mean[[j]], scale[[j]]
+            Z, C = Z[:, [j]], 1e4
+            lr = LR(C=C, max_iter=2000).fit(Z, y)
+        # out-of-fold logits with the chosen C: what the calibration map and threshold see
+        oof = cvp(LR(C=C, max_iter=2000), Z, y, cv=cv, method="decision_function")
+    method = calibration if calibration != "auto" else ("isotonic" if len(y) >= 500 else "platt")
+    if method == "platt":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            pl = LR(C=1e6, max_iter=2000).fit(oof.reshape(-1, 1), y)
+        cal = {"method": "platt", "a": float(pl.coef_[0, 0]), "b": float(pl.intercept_[0])}
+    else:
+        iso = Iso(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(oof, y)
+        cal = {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
+               "y": [float(v) for v in iso.y_thresholds_]}
+    model = ScoreModel(
+        features=features, fill=tuple(map(float, fill)), mean=tuple(map(float, mean)),
+        scale=tuple(map(float, scale)), coef=tuple(float(c) for c in lr.coef_[0]),
+        intercept=float(lr.intercept_[0]), calibration=cal, threshold=0.5, target=target,
+        strategy=strategy, gamma=gamma, alpha=alpha, fingerprints=fingerprints or {},
+    )
+    oof_p = [model.calibrate(float(z)) for z in oof]
+    thr = choose_threshold(oof_p, y.astype(bool).tolist(), target)
+    from .metrics import auroc, brier, ece
+
+    fit = {"answers": int(len(y)), "right": n_pos, "C": C, "folds": k, "calibration": method,
+           "selected": chosen, "oof_logloss_of_candidates": candidates,
+           "oof_auroc": auroc(oof_p, y.tolist()), "oof_brier": brier(oof_p, y.tolist()),
+           "oof_ece": ece(oof_p, y.tolist()), "threshold_on_fit": thr, **(about or {})}
+    return ScoreModel(**{**asdict(model), "threshold": thr["threshold"], "fit": fit})

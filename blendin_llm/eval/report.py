@@ -1,6 +1,6 @@
 """Tables, plots (matplotlib PNG) and an HTML report of an evaluation run's records.
 
-    from blendin_llm.report import write_report
+    from blendin_llm.eval.report import write_report
     write_report(records, "runs/eval")   # summary.md, summary.json, plots/*.png, report.html
 """
 
@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .evaluation import auroc, feature, format_baselines, format_table, summarize
+from .runner import auroc, feature, format_baselines, format_table, summarize
 from .metrics import risk_coverage
 
 #: the baselines drawn next to the score in the plots (the rest are in the tables)

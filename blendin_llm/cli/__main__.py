@@ -1,0 +1,5 @@
+"""``python -m blendin_llm.cli``."""
+
+from . import main
+
+main()
