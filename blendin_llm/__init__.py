@@ -48,12 +48,19 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, as if imported 
     from .audit import AuditLog, AuditRecord, VerifyReport, make_entry
     from .backends import ModelBackend, SequenceState, TransformersBackend
     from .backends.remote import RemoteModel
-    from .prompts import RawPrompt
     from .llm import BlendedLLM, load_backend
+    from .prompts import RawPrompt
     from .reliability import check_reliability
-    from .results import (BlendResult, GuideStats, Reliability, StreamEvent, TokenLogprob,
-                          TraceEntry, Usage)
-    from .strategies import Strategy, StepView, available_strategies, register_strategy
+    from .results import (
+        BlendResult,
+        GuideStats,
+        Reliability,
+        StreamEvent,
+        TokenLogprob,
+        TraceEntry,
+        Usage,
+    )
+    from .strategies import StepView, Strategy, available_strategies, register_strategy
     from .tools import InvalidToolCall, ToolCall
 
 

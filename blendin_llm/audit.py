@@ -226,7 +226,7 @@ def redact(entry: dict) -> dict:
 
 
 def _model_block(llm: Any) -> dict:
-    from .calibrated import fingerprint  # the same fingerprints a profile is checked with
+    from .score_model import fingerprint  # the same fingerprints a profile is checked with
 
     return {
         "name": llm.name,
@@ -499,7 +499,7 @@ class AuditLog:
                 raise
 
     @classmethod
-    def open(cls, url: str, *, content: str = "full") -> "AuditLog":
+    def open(cls, url: str, *, content: str = "full") -> AuditLog:
         """Open (creating or migrating its schema) the log at ``url``; the same as
         ``AuditLog(url, content=content)``.
 
@@ -515,7 +515,7 @@ class AuditLog:
     def __repr__(self) -> str:
         return f"AuditLog({self.url!r}, content={self.content!r})"
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -762,7 +762,8 @@ class AuditLog:
                 checked += 1
                 last_seq = seq
 
-                def bad(reason: str) -> VerifyReport:
+                def bad(reason: str, checked: int = checked, rid: str = rid,
+                        seq: int = seq) -> VerifyReport:
                     return VerifyReport(ok=False, checked=checked, first_bad=rid,
                                         first_bad_seq=seq, reason=reason)
 

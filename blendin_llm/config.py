@@ -13,11 +13,11 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from .errors import ConfigError, GenerationArgumentError
 
-Alpha = Union[float, Literal["auto"]]
+Alpha = float | Literal["auto"]
 
 
 def _check_unit(name: str, value: float, err: type[Exception] = ConfigError) -> None:
@@ -29,7 +29,7 @@ def _check_unit(name: str, value: float, err: type[Exception] = ConfigError) -> 
 class ReliabilityConfig:
     """How an answer's signals become ``score``, ``flagged`` and ``reasons``.
 
-    With ``score_model`` (a ``blendin_llm.calibrated.ScoreModel``, from a profile written by
+    With ``score_model`` (a ``blendin_llm.score_model.ScoreModel``, from a profile written by
     ``blendin calibrate``) the score is its P(correct | features) for this pair, and an answer is
     flagged when the score is below the model's threshold (chosen on the fit data for a stated
     target); the thresholds below are then not used. Without one:
@@ -59,7 +59,7 @@ class ReliabilityConfig:
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
             raise ConfigError(f"ReliabilityConfig.min_consulted must be an integer >= 1, got {m!r}")
         if self.score_model is not None:
-            from .calibrated import ScoreModel
+            from .score_model import ScoreModel
 
             if isinstance(self.score_model, dict):
                 object.__setattr__(self, "score_model", ScoreModel.from_dict(self.score_model))
@@ -164,12 +164,12 @@ class BlendConfig:
         return asdict(self)
 
     @classmethod
-    def from_profile(cls, path: Any) -> "BlendConfig":
+    def from_profile(cls, path: Any) -> BlendConfig:
         """The recommended config of a profile written by ``blendin calibrate``."""
         return load_profile(path)["config"]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BlendConfig":
+    def from_dict(cls, data: dict[str, Any]) -> BlendConfig:
         """The inverse of ``to_dict`` (unknown keys are an error)."""
         data = dict(data)
         try:
@@ -381,7 +381,7 @@ def load_profile(path: str | Path, force: bool = False) -> dict:
         profile's score model when it has one (it scores answers of the strategy it was fitted
         on).
     """
-    from .calibrated import ScoreModel
+    from .score_model import ScoreModel
 
     path = Path(path)
     try:

@@ -24,14 +24,15 @@ import torch
 
 from .backends.base import ModelBackend, SequenceState
 from .config import BlendConfig, SamplingParams
+from .filters import StopMatcher
 from .reliability import ReliabilityTracker
 from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, TraceEntry, Usage
 from .sampling import SeedStream, apply_processors, build_processors, sample
 from .strategies import ConsultPolicy, StepView, Strategy
-from .text import IncrementalDetokenizer, StopMatcher
-from .uncertainty import NEGENTROPY_K
+from .text import IncrementalDetokenizer
 from .tools import ToolCallCapture, parse_tool_calls
-from .vocab import GuideStream, VocabMap, common_prefix, complete_utf8
+from .uncertainty import NEGENTROPY_K
+from .vocab import IncrementalTokenizer, VocabMap, common_prefix, complete_utf8
 
 _EPS = 1e-20
 
@@ -316,7 +317,7 @@ class Generation:
         # own tokenization (see _heal). Up to then the answer is the base's own, token for token.
         self.cross = any(vm is not None for vm in vocab_maps)
         self.healing = False
-        self.base_stream = GuideStream(base.tokenizer) if self.cross else None
+        self.base_stream = IncrementalTokenizer(base.tokenizer) if self.cross else None
         self.raw_tail: list[int] = []
         self.base_heals = 0
         self.vocab = base.logits_width

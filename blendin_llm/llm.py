@@ -11,14 +11,12 @@ import math
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 from .backends.base import ModelBackend
 from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
-from .scheduler import Request, Scheduler
-from .mitigation import GuideMonitor
 from .errors import (
     BusyError,
     ConfigError,
@@ -26,12 +24,13 @@ from .errors import (
     IncompatibleModelsError,
     PromptError,
 )
+from .filters import FilterChain, LeadingSpace, StopMatcher
+from .mitigation import GuideMonitor
 from .prompts import PromptLike, RawPrompt, normalize_messages, resolved_format, turn_stops
 from .results import BlendResult, StreamEvent
+from .scheduler import Request, Scheduler
 from .strategies import get_strategy
-from .text import LeadingSpace, StopMatcher
 from .tools import (
-    FilterChain,
     JsonAnswer,
     ToolCallCapture,
     check_tool_history,
@@ -42,7 +41,7 @@ from .tools import (
 )
 from .vocab import VocabMap, vocab_map
 
-ModelLike = Union[str, ModelSpec, ModelBackend, tuple]
+ModelLike = str | ModelSpec | ModelBackend | tuple
 
 
 def load_backend(model: ModelLike) -> ModelBackend:
@@ -176,7 +175,7 @@ class BlendedLLM:
         if audit is None:
             return None
         from .audit import AuditLog
-        from .calibrated import pair_fingerprints
+        from .score_model import pair_fingerprints
 
         log = audit if isinstance(audit, AuditLog) else AuditLog.open(audit)
         pair_fingerprints(self.base, self.guides)
@@ -185,7 +184,7 @@ class BlendedLLM:
     @classmethod
     def from_profile(cls, path: Any, base: ModelLike | None = None,
                      guides: Sequence[ModelLike] | ModelLike | None = None,
-                     force: bool = False, **kwargs: Any) -> "BlendedLLM":
+                     force: bool = False, **kwargs: Any) -> BlendedLLM:
         """The pair and the recommended config of a profile written by ``blendin calibrate``
         (``base``/``guides`` replace the models it names, e.g. already-loaded ones). A profile
         whose score model was fitted for other models raises ConfigError unless ``force``."""
@@ -219,7 +218,7 @@ class BlendedLLM:
                 "or use strategy='base_only'"
             )
         if config.reliability.score_model is not None:  # a profile's: fitted for these models?
-            from .calibrated import check_pair
+            from .score_model import check_pair
 
             check_pair(config.reliability.score_model, self.base, self.guides)
 
@@ -546,7 +545,7 @@ class BlendedLLM:
                 try:
                     i, event, error = inbox.get(timeout=self.lock_timeout)
                 except queue.Empty:
-                    raise self._busy("an answer")
+                    raise self._busy("an answer") from None
                 if error is not None:
                     raise error
                 results[i] = event.result

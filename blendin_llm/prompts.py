@@ -6,7 +6,8 @@ Every model renders the conversation its own way: a chat template where its toke
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .config import ModelSpec
 from .errors import PromptError
@@ -55,7 +56,7 @@ class RawPrompt:
         return self.text if self.ids is None else list(self.ids)
 
 
-PromptLike = Union[str, RawPrompt, Sequence[Union[Mapping[str, Any], tuple[str, str]]]]
+PromptLike = str | RawPrompt | Sequence[Mapping[str, Any] | tuple[str, str]]
 
 _ROLES = ("system", "user", "assistant", "tool")
 _ROLE_ALIASES = {"human": "user", "ai": "assistant"}

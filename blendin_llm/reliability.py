@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from .config import BlendConfig
 from .results import GuideStats, Reliability, ScoreComponents, TraceEntry
 from .strategies import unsure
-from .uncertainty import Step, dist_stats, features as answer_features
+from .uncertainty import Step, dist_stats
+from .uncertainty import features as answer_features
 
 
 def _mean(total: float, n: int) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -32,10 +32,10 @@ class TraceEntry(BaseModel):
         description="'base': the base was confident and decided alone; 'blend': the guides were "
         "consulted and the strategy combined the distributions"
     )
-    alpha: Optional[float] = Field(None, description="mean guide weight at this step")
+    alpha: float | None = Field(None, description="mean guide weight at this step")
     base_top1: float = Field(description="the base's top-1 probability")
     base_prob: float = Field(description="the base's probability of the chosen token")
-    guide_prob: Optional[float] = Field(
+    guide_prob: float | None = Field(
         None, description="the guides' (mean) probability of the chosen token"
     )
     prob: float = Field(description="probability of the chosen token in the final distribution")
@@ -50,14 +50,14 @@ class GuideStats(BaseModel):
 
     name: str
     consulted: int
-    mean_alpha: Optional[float] = None
-    mean_weight: Optional[float] = Field(
+    mean_alpha: float | None = None
+    mean_weight: float | None = Field(
         None, description="share of the final distribution this guide had (alpha / n_guides)"
     )
-    agreement_top1: Optional[float] = None
-    agreement_topk: Optional[float] = None
-    mean_top1: Optional[float] = Field(None, description="the guide's mean top-1 probability")
-    mean_divergence: Optional[float] = Field(
+    agreement_top1: float | None = None
+    agreement_topk: float | None = None
+    mean_top1: float | None = Field(None, description="the guide's mean top-1 probability")
+    mean_divergence: float | None = Field(
         None, description="mean Jensen-Shannon divergence to the base, in bits ([0, 1])"
     )
     weight: float = Field(1.0, description="run-time mitigation weight on this guide's alpha")
@@ -83,20 +83,20 @@ class Reliability(BaseModel):
     base_unsure_rate: float = Field(
         0.0, description="share of steps where the base's top-1 probability was below gamma"
     )
-    mean_alpha: Optional[float] = None
-    agreement_top1: Optional[float] = None
-    agreement_topk: Optional[float] = None
+    mean_alpha: float | None = None
+    agreement_top1: float | None = None
+    agreement_topk: float | None = None
     agreement_k: int
-    mean_base_top1: Optional[float] = None
-    mean_divergence: Optional[float] = None
-    mean_logprob: Optional[float] = Field(
+    mean_base_top1: float | None = None
+    mean_divergence: float | None = None
+    mean_logprob: float | None = Field(
         None, description="mean log-probability of the emitted tokens in the final distribution"
     )
-    base_mean_logprob: Optional[float] = Field(
+    base_mean_logprob: float | None = Field(
         None, description="mean log-probability of the emitted tokens under the base alone"
     )
     guides: list[GuideStats] = Field(default_factory=list)
-    features: dict[str, Optional[float]] = Field(
+    features: dict[str, float | None] = Field(
         default_factory=dict,
         description="single-generation uncertainty features of the answer, names in "
         "blendin_llm.uncertainty.FEATURES",
@@ -109,17 +109,17 @@ class Reliability(BaseModel):
         "'normalized_probability' (the answer's normalized probability, uncalibrated) or "
         "'weights' (ReliabilityConfig.weights over components)",
     )
-    threshold: Optional[float] = Field(
+    threshold: float | None = Field(
         None, description="with a profile: flagged = score < threshold"
     )
-    flag_target: Optional[str] = Field(
+    flag_target: str | None = Field(
         None, description="with a profile: the target the threshold was chosen for on its fit "
         "data, e.g. 'precision=0.9' (kept answers) or 'recall=0.8' (wrong answers flagged)"
     )
     components: ScoreComponents
     flagged: bool
     reasons: list[str] = Field(default_factory=list)
-    top_k_approximation: Optional[int] = Field(
+    top_k_approximation: int | None = Field(
         None, description="k when a model was known by its top-k log-probs only (a remote "
         "server): the choice was made among the union of the top-k lists, and the signals were "
         "computed from them; None when every distribution was whole"
@@ -129,14 +129,14 @@ class Reliability(BaseModel):
         description="run-time mitigations applied to this response (down-weighted or switched-off "
         "guides, intervention cap)",
     )
-    trace: Optional[list[TraceEntry]] = None
+    trace: list[TraceEntry] | None = None
 
 
 class TopLogprob(BaseModel):
     token: str
     bytes: list[int]
     logprob: float
-    id: Optional[int] = Field(None, exclude=True, description="the token's id in the base's "
+    id: int | None = Field(None, exclude=True, description="the token's id in the base's "
                               "vocabulary (not in OpenAI's shape: left out of dumps)")
 
 
@@ -147,7 +147,7 @@ class TokenLogprob(BaseModel):
     bytes: list[int]
     logprob: float
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
-    id: Optional[int] = Field(None, exclude=True, description="the token's id in the base's "
+    id: int | None = Field(None, exclude=True, description="the token's id in the base's "
                               "vocabulary (not in OpenAI's shape: left out of dumps)")
 
 
@@ -161,7 +161,7 @@ class BlendResult(BaseModel):
                     description="this answer's id, unique (the key of its audit record)")
     text: str = Field(description="the answer's text (tool-call markup excluded)")
     finish_reason: Literal["stop", "length", "tool_calls"]
-    stop_sequence: Optional[str] = Field(
+    stop_sequence: str | None = Field(
         None, description="the stop string that ended generation, or the EOS token's text"
     )
     token_ids: list[int]
@@ -171,7 +171,7 @@ class BlendResult(BaseModel):
     elapsed_s: float
     tool_calls: list[ToolCall] = Field(default_factory=list)
     invalid_tool_calls: list[InvalidToolCall] = Field(default_factory=list)
-    logprobs: Optional[list[TokenLogprob]] = Field(
+    logprobs: list[TokenLogprob] | None = Field(
         None, description="one entry per streamed token, with logprobs=True"
     )
 
@@ -183,11 +183,11 @@ class StreamEvent(BaseModel):
     """
 
     text: str
-    token_id: Optional[int] = None
-    index: Optional[int] = None
+    token_id: int | None = None
+    index: int | None = None
     consulted: bool = False
-    alpha: Optional[float] = None
-    prob: Optional[float] = None
-    logprob: Optional[TokenLogprob] = None
+    alpha: float | None = None
+    prob: float | None = None
+    logprob: TokenLogprob | None = None
     done: bool = False
-    result: Optional[BlendResult] = None
+    result: BlendResult | None = None

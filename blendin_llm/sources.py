@@ -36,7 +36,6 @@ from .config import ModelSpec
 from .errors import ModelLoadError
 
 
-
 def cache_dir() -> Path:
     env = os.environ.get("BLENDIN_CACHE")
     if env:
@@ -190,11 +189,16 @@ class _Progress:
     def __init__(self, label: str) -> None:
         self.label, self.bar, self.task = label, None, None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if sys.stderr.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-                TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.bar = Progress(TextColumn(f"converting {self.label}"), BarColumn(),
                                 MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -248,8 +252,8 @@ def _conversion_progress(label: str) -> Iterator[_Progress]:
 
 def _convert(gguf: Path, out: Path, progress: _Progress | None = None) -> None:
     try:
-        import gguf as _  # noqa: F401
         import accelerate as _a  # noqa: F401
+        import gguf as _  # noqa: F401
     except ImportError as exc:
         raise ModelLoadError(
             "reading .gguf files needs the gguf extra; install it with:\n"

@@ -24,10 +24,10 @@ import torch
 if TYPE_CHECKING:
     from .config import BlendConfig
 
-_REGISTRY: dict[str, type["Strategy"]] = {}
+_REGISTRY: dict[str, type[Strategy]] = {}
 
 
-def register_strategy(cls: type["Strategy"]) -> type["Strategy"]:
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: make a strategy selectable by its ``name`` in ``BlendConfig``."""
     _REGISTRY[cls.name] = cls
     return cls
@@ -37,7 +37,7 @@ def available_strategies() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_strategy(config: "BlendConfig") -> "Strategy":
+def get_strategy(config: BlendConfig) -> Strategy:
     return _REGISTRY[config.strategy](config)
 
 
@@ -60,7 +60,7 @@ class ConsultPolicy:
 
     __slots__ = ("strategy", "cap", "steps", "consulted", "capped")
 
-    def __init__(self, strategy: "Strategy", cap: float | None = None) -> None:
+    def __init__(self, strategy: Strategy, cap: float | None = None) -> None:
         self.strategy, self.cap = strategy, cap
         self.steps = 0
         self.consulted = 0
@@ -101,7 +101,7 @@ class Strategy:
     name: ClassVar[str] = ""
     requires_guide: ClassVar[bool] = True
 
-    def __init__(self, config: "BlendConfig") -> None:
+    def __init__(self, config: BlendConfig) -> None:
         self.gamma = float(config.gamma)
         self.alpha = config.alpha
 
@@ -158,7 +158,7 @@ class Nudging(Strategy):
 
 
 @register_strategy
-class BlendIn(Strategy):
+class BlendInStrategy(Strategy):
     """When the base is unsure (top-1 < gamma), blend; alpha fixed or ``"auto"``:
 
     alpha_i = clip(m_g_i / (m_b + m_g_i) + 0.1 * p_base(argmax guide_i), 0, 1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class IncrementalDetokenizer:
@@ -41,67 +42,6 @@ class IncrementalDetokenizer:
         text = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
         return text[len(prefix) :] if text.startswith(prefix) else ""
-
-
-class StopMatcher:
-    """Releases text only when it can no longer be the start of a stop string.
-
-    ``push(delta)`` returns ``(text to emit, matched stop string or None)``. A stop string split
-    across tokens is never emitted, not even in part; text after a match is not emitted (it is
-    kept in ``after`` for a caller that wants it).
-    """
-
-    __slots__ = ("stops", "held", "after", "_max_hold")
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.held = ""
-        self.after = ""
-        self._max_hold = max((len(s) for s in self.stops), default=1) - 1
-
-    def push(self, delta: str) -> tuple[str, str | None]:
-        if not self.stops:
-            return delta, None
-        buf = self.held + delta
-        best, hit = -1, None
-        for s in self.stops:
-            i = buf.find(s)
-            if i != -1 and (best == -1 or i < best):
-                best, hit = i, s
-        if hit is not None:
-            self.held = ""
-            self.after = buf[best + len(hit):]
-            return buf[:best], hit
-        keep = 0
-        for n in range(min(self._max_hold, len(buf)), 0, -1):
-            tail = buf[-n:]
-            if any(s.startswith(tail) for s in self.stops):
-                keep = n
-                break
-        self.held = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep], None
-
-    def flush(self) -> str:
-        out, self.held = self.held, ""
-        return out
-
-
-class LeadingSpace:
-    """Drops the one space that separates a plain-format answer from its ``Assistant:`` prefix."""
-
-    __slots__ = ("started",)
-
-    def __init__(self) -> None:
-        self.started = False
-
-    def push(self, delta: str) -> tuple[str, str | None]:
-        if self.started or not delta:
-            return delta, None
-        self.started = True
-        return (delta[1:] if delta[0] == " " else delta), None
-
-    def flush(self) -> str:
-        return ""
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

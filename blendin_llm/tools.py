@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from .errors import GenerationArgumentError, PromptError
-from .text import StopMatcher
+from .filters import StopMatcher
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -36,8 +36,8 @@ class ToolCall(BaseModel):
 
 class InvalidToolCall(BaseModel):
     id: str
-    name: Optional[str] = None
-    arguments: Optional[str] = Field(None, description="the raw text of the call")
+    name: str | None = None
+    arguments: str | None = Field(None, description="the raw text of the call")
     error: str
 
 
@@ -347,29 +347,3 @@ class ToolCallCapture:
 
     def flush(self) -> str:
         return self.opening.flush()
-
-
-class FilterChain:
-    """Several text filters in a row; text a filter releases passes through the ones after it.
-    When one ends the answer, the later ones release what they hold."""
-
-    __slots__ = ("filters",)
-
-    def __init__(self, filters: Sequence[Any]) -> None:
-        self.filters = list(filters)
-
-    def push(self, delta: str) -> tuple[str, str | None]:
-        text, hit = delta, None
-        for f in self.filters:
-            text, h = f.push(text)
-            if hit is not None:
-                text += f.flush()
-            elif h is not None:
-                hit = h
-        return text, hit
-
-    def flush(self) -> str:
-        text = ""
-        for f in self.filters:
-            text = f.push(text)[0] + f.flush()
-        return text

@@ -11,7 +11,7 @@ Two pieces, both built once per (guide, base) pair:
     3. special tokens go to the base's special token with the same text, else to the base's EOS.
   ``VocabMap.reading`` also reads committed text the way the guide would write it (its most
   likely token for the text's start), which is how a cross-vocabulary guide keeps its own tokens.
-* ``GuideStream`` keeps the base's own tokenization of the committed answer text up to date (once
+* ``IncrementalTokenizer`` keeps the base's own tokenization of the committed answer text up to date (once
   a guide has changed a choice, the base re-reads the answer in its own tokens): it re-tokenizes
   only a short tail starting at a stable token boundary, and reports how far the KV cache must be
   rolled back (never the whole text).
@@ -248,7 +248,7 @@ class VocabMap:
         out.index_add_(0, base, mass)
         return out / mass.sum().clamp_min(_TINY)
 
-    def to(self, device: torch.device) -> "VocabMap":
+    def to(self, device: torch.device) -> VocabMap:
         if self.guide_to_base.device != torch.device(device):
             self.guide_to_base = self.guide_to_base.to(device)
             self._sorted_ids_t = self._sorted_ids_t.to(device)
@@ -313,8 +313,10 @@ def common_prefix(a: list[int], b: list[int], start: int = 0, offset: int = 0) -
     return k
 
 
-class GuideStream:
-    """The guide's tokenization of the answer text, brought up to date incrementally.
+class IncrementalTokenizer:
+    """A tokenizer's tokenization of a growing text (the answer), brought up to date
+    incrementally: the base's own reading of the answer after a cross-vocabulary guide changed a
+    choice (``Generation._heal``).
 
     ``update(text)`` re-tokenizes ``text`` from a stable boundary at least ``back`` tokens before
     the end (a token boundary whose text both neighbours agree on) and returns the number of leading

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_arithmetic  # noqa: E402
 
-from blendin_llm.calibrated import ScoreModel  # noqa: E402
+from blendin_llm.score_model import ScoreModel  # noqa: E402
 from blendin_llm.eval.calibration import fit_score_model  # noqa: E402
 from blendin_llm.eval.runner import feature, read_records, rescore  # noqa: E402
 from blendin_llm.eval.metrics import auroc, brier, ece, prr, risk_coverage  # noqa: E402

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from blendin_llm import AuditError, BlendConfig, BlendedLLM, ConfigError, ModelSpec
 from blendin_llm.audit import GENESIS, AuditLog, canonical_json, make_entry
-from blendin_llm.calibrated import fingerprint
+from blendin_llm.score_model import fingerprint
 from blendin_llm.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
-from blendin_llm.calibrated import ScoreModel, fingerprint
+from blendin_llm.score_model import ScoreModel, fingerprint
 from blendin_llm.eval.calibration import choose_threshold, fit_score_model
 from blendin_llm.eval.calibration import calibrate
 from blendin_llm.config import load_profile

@@ -6,7 +6,7 @@ import torch
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, SamplingParams
 from blendin_llm.engine import _CrossVocabGuide, complete
 from blendin_llm.backends import TransformersBackend
-from blendin_llm.vocab import GuideStream, VocabMap, token_bytes
+from blendin_llm.vocab import IncrementalTokenizer, VocabMap, token_bytes
 
 from tiny import make_char_tokenizer, make_model, make_sentencepiece_tokenizer, make_tokenizer
 
@@ -94,7 +94,7 @@ def _pieces(text, tokenizer):
 def test_guide_stream_incremental_equals_from_scratch(which, tok, sp_tok):
     guide_tok, base_tok = (tok, sp_tok) if which == "bytelevel" else (sp_tok, tok)
     for text in TEXTS:
-        s = GuideStream(guide_tok)
+        s = IncrementalTokenizer(guide_tok)
         for prefix in _pieces(text, base_tok):
             before = list(s.ids)
             keep = s.update(prefix)

@@ -9,7 +9,7 @@ import pytest
 
 from blendin_llm import BlendConfig, BlendedLLM
 from blendin_llm.sources import PRESETS
-from blendin_llm.vocab import GuideStream
+from blendin_llm.vocab import IncrementalTokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_guide_stream_on_the_real_tokenizers(pair):
     base_tok, guide_tok = pair.base.tokenizer, pair.guides[0].tokenizer
     text = "Le café coûte 3,50 €.  東京タワー 😀 — well-known   spacing\n\n1. First"
     ids = base_tok(text, add_special_tokens=False).input_ids
-    s = GuideStream(guide_tok)
+    s = IncrementalTokenizer(guide_tok)
     for k in range(1, len(ids) + 1):
         prefix = base_tok.decode(ids[:k])
         if prefix.endswith("\ufffd"):
@@ -102,3 +102,21 @@ def test_a_guide_without_a_say_is_base_only(pair):
         zero = pair.generate("Who was Marie Curie?", max_new_tokens=24, alpha=0.0, **kw)
         assert zero.reliability.interventions > 0
         assert zero.token_ids == alone.token_ids
+
+
+def test_outputs_match_the_recorded_release(pair):
+    """A refactoring changes no behaviour: the default pair's greedy outputs (float32 on CPU)
+    equal those recorded with ``scripts/record_outputs.py`` at the release named in the file."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "default_pair_outputs.json").read_text())
+    for want in data["outputs"]:
+        res = pair.generate(want["prompt"], max_new_tokens=24, strategy=want["strategy"])
+        where = f"{want['strategy']} on {want['prompt']!r} (recorded at {data['recorded_at']})"
+        assert res.token_ids == want["token_ids"], where
+        assert res.text == want["text"] and res.finish_reason == want["finish_reason"], where
+        rel = res.reliability
+        assert (rel.interventions, rel.tokens, rel.flagged) == \
+            (want["interventions"], want["tokens"], want["flagged"]), where
+        assert rel.score == pytest.approx(want["score"], abs=1e-6), where

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
-from blendin_llm.text import IncrementalDetokenizer, StopMatcher
+from blendin_llm.filters import StopMatcher
+from blendin_llm.text import IncrementalDetokenizer
 
 PROMPT = "User: hello there\nAssistant:"
 

@@ -9,7 +9,8 @@ import pytest
 
 from blendin_llm import BlendConfig, BlendedLLM
 from blendin_llm.errors import GenerationArgumentError, PromptError
-from blendin_llm.tools import FilterChain, JsonAnswer, ToolCallCapture, parse_tool_calls
+from blendin_llm.filters import FilterChain
+from blendin_llm.tools import JsonAnswer, ToolCallCapture, parse_tool_calls
 
 from scripted import ScriptedBackend, oracle
 

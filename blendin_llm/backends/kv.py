@@ -36,7 +36,7 @@ class RowKV:
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         self.keys, self.values = keys, values
 
-    def crop(self, length: int) -> "RowKV":
+    def crop(self, length: int) -> RowKV:
         return RowKV([k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values])
 
 
@@ -45,7 +45,7 @@ class Slot:
 
     __slots__ = ("batch", "index")
 
-    def __init__(self, batch: "KVBatch", index: int) -> None:
+    def __init__(self, batch: KVBatch, index: int) -> None:
         self.batch, self.index = batch, index
 
     def row(self) -> RowKV:
@@ -67,7 +67,7 @@ class _Layer(DynamicLayer):
 
     is_sliding = False  # the whole past is kept; a sliding window is applied by the mask
 
-    def __init__(self, batch: "KVBatch", index: int) -> None:
+    def __init__(self, batch: KVBatch, index: int) -> None:
         super().__init__()
         self.batch, self.index = batch, index
         self.buf_k: torch.Tensor | None = None

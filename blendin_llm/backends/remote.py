@@ -396,7 +396,7 @@ class RemoteModel(ModelBackend):
                 waiting = True
             if todo and waiting:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._arrived != seen, timeout=1.0)
+                    self._cond.wait_for(lambda: self._arrived != seen, timeout=1.0)  # noqa: B023
         for j, r in enumerate(rows):
             if out[j] is None:
                 logits = torch.stack([self._logits(*top) for top in r])
@@ -574,7 +574,7 @@ class RemoteModel(ModelBackend):
             raise self._no_logprobs()
         # keyed by text, tokens of equal text collapse into one entry: only ids are counted
         want = min(self.top_k, self._width) if self.token_ids else 1
-        for pos, (tok, top) in enumerate(zip(tokens, tops)):
+        for tok, top in zip(tokens, tops):
             if len(top) < want:
                 raise RemoteModelError(
                     f"{self.base_url} returned {len(top)} top log-probs where {want} were "

@@ -105,7 +105,7 @@ class TransformersBackend(ModelBackend):
         return n_tok
 
     @classmethod
-    def load(cls, spec: ModelSpec) -> "TransformersBackend":
+    def load(cls, spec: ModelSpec) -> TransformersBackend:
         from ..sources import resolve_spec, unknown_source_hint
 
         spec = resolve_spec(spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -45,7 +45,7 @@ _FLAGGED = typer.Option(None, "--flagged/--not-flagged", help="only flagged / un
 @audit_app.command("verify")
 def audit_verify(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
-    anchor: Optional[str] = typer.Option(None, help="a head hash printed by an earlier verify: "
+    anchor: str | None = typer.Option(None, help="a head hash printed by an earlier verify: "
                                          "fail if the chain no longer contains it (truncated)"),
 ) -> None:
     """Check the hash chain; exit 1 naming the first record that was edited, deleted or moved."""
@@ -65,10 +65,10 @@ def audit_verify(
 @audit_app.command("list")
 def audit_list(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
-    since: Optional[str] = _SINCE, until: Optional[str] = _UNTIL,
-    tenant: Optional[str] = _TENANT, model: Optional[str] = _MODEL,
-    flagged: Optional[bool] = _FLAGGED,
-    limit: Optional[int] = typer.Option(None, help="at most this many records"),
+    since: str | None = _SINCE, until: str | None = _UNTIL,
+    tenant: str | None = _TENANT, model: str | None = _MODEL,
+    flagged: bool | None = _FLAGGED,
+    limit: int | None = typer.Option(None, help="at most this many records"),
 ) -> None:
     """List records in chain order (one line each)."""
     t = Table(title="audit records", title_justify="left")
@@ -115,11 +115,11 @@ def audit_export(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl (one whole record a line) or csv "
                             "(the columns, and the record as JSON in its last column)"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="file (default: stdout)"),
-    since: Optional[str] = _SINCE, until: Optional[str] = _UNTIL,
-    tenant: Optional[str] = _TENANT, model: Optional[str] = _MODEL,
-    flagged: Optional[bool] = _FLAGGED,
-    limit: Optional[int] = typer.Option(None, help="at most this many records"),
+    output: str | None = typer.Option(None, "--output", "-o", help="file (default: stdout)"),
+    since: str | None = _SINCE, until: str | None = _UNTIL,
+    tenant: str | None = _TENANT, model: str | None = _MODEL,
+    flagged: bool | None = _FLAGGED,
+    limit: int | None = typer.Option(None, help="at most this many records"),
 ) -> None:
     """Export records in chain order as JSONL or CSV."""
     import csv
@@ -166,9 +166,9 @@ def audit_export(
 def audit_stats(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
     by: str = typer.Option("day", help="day, model or tenant"),
-    since: Optional[str] = _SINCE, until: Optional[str] = _UNTIL,
-    tenant: Optional[str] = _TENANT, model: Optional[str] = _MODEL,
-    flagged: Optional[bool] = _FLAGGED,
+    since: str | None = _SINCE, until: str | None = _UNTIL,
+    tenant: str | None = _TENANT, model: str | None = _MODEL,
+    flagged: bool | None = _FLAGGED,
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
 ) -> None:
     """Per day, model or tenant: answers, flagged share, score spread, intervention rate."""

@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import Any, List, NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -98,7 +98,7 @@ def _check_call(call: dict[str, Any]) -> None:
                       for k, v in call.items() if k in known and v is not None})
 
 
-def _build(base: str, guide: List[str] | None, strategy: str, gamma: float, alpha: str,
+def _build(base: str, guide: list[str] | None, strategy: str, gamma: float, alpha: str,
            system: str | None, call: dict[str, Any] | None = None):
     """Check the command line's text and per-call options, then build the blend
     (``blendin_llm.pairs.build_pair``, which checks every source before the first model

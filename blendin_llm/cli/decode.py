@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -79,7 +79,7 @@ def _show(res: BlendResult, as_json: bool, trace: bool) -> None:
 def generate(
     prompt: str = typer.Argument(..., help="the question or instruction"),
     base: str = typer.Option(DEFAULT_BASE, help="base model: preset, directory, hub id or .gguf"),
-    guide: Optional[List[str]] = typer.Option(None, help="guide model (repeat for several)"),
+    guide: list[str] | None = typer.Option(None, help="guide model (repeat for several)"),
     strategy: str = typer.Option("blendin", help="base_only, guide_only, nudging, blendin, ensemble"),
     gamma: float = typer.Option(0.4, help="consult the guide when the base's top-1 prob < gamma"),
     alpha: str = typer.Option("auto", help="guide weight in [0, 1], or 'auto'"),
@@ -87,9 +87,9 @@ def generate(
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     top_p: float = typer.Option(1.0),
     top_k: int = typer.Option(0),
-    seed: Optional[int] = typer.Option(None),
-    stop: Optional[List[str]] = typer.Option(None, help="stop string (repeat for several)"),
-    system: Optional[str] = typer.Option(None, help="system prompt"),
+    seed: int | None = typer.Option(None),
+    stop: list[str] | None = typer.Option(None, help="stop string (repeat for several)"),
+    system: str | None = typer.Option(None, help="system prompt"),
     as_json: bool = typer.Option(False, "--json", help="print the whole result as JSON"),
     trace: bool = typer.Option(False, help="show each token's source and alpha"),
     repetition_penalty: float = typer.Option(1.0, help="transformers' repetition penalty (1 = off)"),
@@ -112,12 +112,12 @@ def generate(
 @app.command()
 def chat(
     base: str = typer.Option(DEFAULT_BASE),
-    guide: Optional[List[str]] = typer.Option(None),
+    guide: list[str] | None = typer.Option(None),
     strategy: str = typer.Option("blendin"),
     gamma: float = typer.Option(0.4),
     alpha: str = typer.Option("auto"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
-    system: Optional[str] = typer.Option(None),
+    system: str | None = typer.Option(None),
 ) -> None:
     """Chat interactively; the reliability of each answer is shown after it. Empty line or
     /exit quits."""

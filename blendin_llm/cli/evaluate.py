@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -23,13 +23,13 @@ from ..eval.runner import DEFAULT_STRATEGIES as _DEFAULT_STRATEGIES
 
 @app.command("eval")
 def eval_cmd(
-    data: List[str] = typer.Argument(..., help="data files: GSM8K .jsonl, XSTest .csv, or a "
+    data: list[str] = typer.Argument(..., help="data files: GSM8K .jsonl, XSTest .csv, or a "
                                                "generic .jsonl (prompt, answer, label)"),
     format: str = typer.Option("auto", "--format", help="auto, gsm8k, xstest, jsonl"),
-    limit: Optional[int] = typer.Option(None, help="items per data file"),
-    seed: Optional[int] = typer.Option(None, help="with --limit: a seeded sample (equal shares "
+    limit: int | None = typer.Option(None, help="items per data file"),
+    seed: int | None = typer.Option(None, help="with --limit: a seeded sample (equal shares "
                                                   "per label) instead of the first items"),
-    fewshot: Optional[str] = typer.Option(None, help="file of exemplars (question/answer or "
+    fewshot: str | None = typer.Option(None, help="file of exemplars (question/answer or "
                                                      "prompt/answer JSONL)"),
     fewshot_k: int = typer.Option(3, help="exemplars taken from --fewshot"),
     strategies: str = typer.Option(",".join(_DEFAULT_STRATEGIES),
@@ -41,9 +41,9 @@ def eval_cmd(
                                            "resuming"),
     plots: bool = typer.Option(True, help="write PNG plots"),
     base: str = typer.Option(DEFAULT_BASE),
-    guide: Optional[List[str]] = typer.Option(None),
+    guide: list[str] | None = typer.Option(None),
     gamma: float = typer.Option(0.4),
-    profile: Optional[str] = typer.Option(None, help="apply this profile's calibrated score "
+    profile: str | None = typer.Option(None, help="apply this profile's calibrated score "
                                                      "(from `blendin calibrate`)"),
     force_profile: bool = typer.Option(False, help="apply --profile even if it was fitted for "
                                                    "other models"),
@@ -54,8 +54,8 @@ def eval_cmd(
     intervention rate, reliability (AUROC, PRR, ECE, Brier) next to single-signal baselines,
     plots and an HTML report. Resumable."""
     from ..eval.datasets import load_dataset
-    from ..eval.runner import lock_output, parse_strategies, run_eval
     from ..eval.report import write_report
+    from ..eval.runner import lock_output, parse_strategies, run_eval
 
     settings = {"data": [str(d) for d in data], "limit": limit, "seed": seed,
                 "fewshot": fewshot, "fewshot_k": fewshot_k}
@@ -136,35 +136,35 @@ def eval_table(rows) -> None:
 def calibrate(
     data: str = typer.Argument(..., help="labelled data: any data file `blendin eval` reads"),
     format: str = typer.Option("auto", "--format"),
-    limit: Optional[int] = typer.Option(None, "--limit", "--n", help="items per data file "
+    limit: int | None = typer.Option(None, "--limit", "--n", help="items per data file "
                                         "(default: all), as for `blendin eval`"),
-    seed: Optional[int] = typer.Option(None, help="with --limit: a seeded sample (equal shares "
+    seed: int | None = typer.Option(None, help="with --limit: a seeded sample (equal shares "
                                                   "per label) instead of the first items"),
-    fewshot: Optional[str] = typer.Option(None, help="file of exemplars, as for `blendin eval`"),
+    fewshot: str | None = typer.Option(None, help="file of exemplars, as for `blendin eval`"),
     fewshot_k: int = typer.Option(3, help="exemplars taken from --fewshot"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
     target_rate: float = typer.Option(0.20, help="intervention rate to stay under"),
-    gamma: Optional[float] = typer.Option(None, help="fix gamma (skips the base-only pass and "
+    gamma: float | None = typer.Option(None, help="fix gamma (skips the base-only pass and "
                                                      "the recommendation)"),
     flag_target: str = typer.Option("recall=0.8", help="what the flag threshold must reach on "
                                     "the fit data: precision=P (share of kept answers that are "
                                     "right) or recall=R (share of wrong answers flagged)"),
     calibration: str = typer.Option("auto", help="platt, isotonic or auto (isotonic from 500 "
                                                  "answers on)"),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="keep the answers' records here "
+    out_dir: str | None = typer.Option(None, "--out", help="keep the answers' records here "
                                           "(resumable; an eval run with the same settings is "
                                           "reused)"),
     profile: str = typer.Option("blendin-profile.json", help="where to write the profile"),
     base: str = typer.Option(DEFAULT_BASE),
-    guide: Optional[List[str]] = typer.Option(None),
+    guide: list[str] | None = typer.Option(None),
 ) -> None:
     """Judge a base/guide pair on labelled items (intervention rate, agreement, divergence, a
     verdict, recommended gamma and alpha) and fit its calibrated reliability score; writes a
     profile that BlendedLLM.from_profile and `blendin eval --profile` load."""
 
-    from ..calibrated import parse_target
     from ..eval.calibration import calibrate as run_calibration
     from ..eval.datasets import load_dataset
+    from ..score_model import parse_target
 
     settings = {"data": [str(data)], "limit": limit, "seed": seed, "fewshot": fewshot,
                 "fewshot_k": fewshot_k}

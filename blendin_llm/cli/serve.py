@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,31 +18,31 @@ if TYPE_CHECKING:
 @app.command()
 def serve(
     base: str = typer.Option(DEFAULT_BASE, help="base model: preset, directory or .gguf"),
-    guide: Optional[List[str]] = typer.Option(None, help="guide model (repeat for several)"),
+    guide: list[str] | None = typer.Option(None, help="guide model (repeat for several)"),
     strategy: str = typer.Option("blendin"),
     gamma: float = typer.Option(0.4),
     alpha: str = typer.Option("auto"),
-    profile: Optional[str] = typer.Option(None, help="a profile from `blendin calibrate`: its "
+    profile: str | None = typer.Option(None, help="a profile from `blendin calibrate`: its "
                                           "calibrated reliability score"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    api_key: Optional[str] = typer.Option(None, "--api-key", help="require this Bearer key"),
-    api_keys_file: Optional[str] = typer.Option(None, help="file of `key tenant` lines"),
-    audit: Optional[str] = typer.Option(None, "--audit", envvar="BLENDIN_AUDIT",
+    api_key: str | None = typer.Option(None, "--api-key", help="require this Bearer key"),
+    api_keys_file: str | None = typer.Option(None, help="file of `key tenant` lines"),
+    audit: str | None = typer.Option(None, "--audit", envvar="BLENDIN_AUDIT",
                                         help="audit log URL: sqlite:///path.db or "
                                              "postgresql://..."),
     audit_content: str = typer.Option("full", help="full, or hash (SHA-256 of request and "
                                                    "answer only)"),
     max_batch_size: int = typer.Option(16, help="answers decoded together"),
-    max_queue: Optional[int] = typer.Option(None, help="most requests in flight; more get 429 "
+    max_queue: int | None = typer.Option(None, help="most requests in flight; more get 429 "
                                             "(default 4 x max-batch-size)"),
-    served_model_name: Optional[str] = typer.Option(
+    served_model_name: str | None = typer.Option(
         None, help="the model name clients send (default: the blend's name)"),
     ray: bool = typer.Option(False, "--ray", help="serve replicas as a Ray Serve deployment "
                              "(local Ray cluster, or the one RAY_ADDRESS names)"),
     replicas: int = typer.Option(1, help="with --ray: replicas, each holding its own pair"),
-    min_replicas: Optional[int] = typer.Option(None, help="with --ray: autoscale down to this"),
-    max_replicas: Optional[int] = typer.Option(None, help="with --ray: autoscale up to this"),
+    min_replicas: int | None = typer.Option(None, help="with --ray: autoscale down to this"),
+    max_replicas: int | None = typer.Option(None, help="with --ray: autoscale up to this"),
     num_gpus: float = typer.Option(0, help="with --ray: GPUs per replica"),
 ) -> None:
     """Serve the blended model over an OpenAI-compatible HTTP API (chat completions,

@@ -41,10 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..calibrated import ScoreModel, pair_fingerprints, parse_target
-from ..config import BlendConfig
+from ..config import PROFILE_VERSION, BlendConfig
 from ..errors import ConfigError
-from ..config import PROFILE_VERSION
+from ..score_model import ScoreModel, pair_fingerprints, parse_target
 from ..uncertainty import FEATURES
 
 GAMMAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
@@ -63,7 +62,7 @@ class Calibration:
     predicted_rate: dict[float, float]
     measurements: dict[str, float | None]
     models: dict[str, Any] = field(default_factory=dict)
-    score_model: Any = None  # a calibrated.ScoreModel when labelled items were given
+    score_model: Any = None  # a score_model.ScoreModel when labelled items were given
     records: list = field(default_factory=list)  # the pass-2 eval records (labelled items)
     no_score_model: str | None = None  # why labelled items gave no score model
 

@@ -12,8 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner import auroc, feature, format_baselines, format_table, summarize
 from .metrics import risk_coverage
+from .runner import auroc, feature, format_baselines, format_table, summarize
 
 #: the baselines drawn next to the score in the plots (the rest are in the tables)
 PLOTTED = ("norm_prob", "min_prob", "mean_negentropy", "base_norm_prob")

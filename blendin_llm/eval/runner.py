@@ -30,18 +30,18 @@ import socket
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datasets import Dataset
 from ..errors import ConfigError, EvalError
+from ..uncertainty import BASELINES
+from .datasets import Dataset
 from .metrics import auroc, brier, ece, prr
 from .scoring import score_answer
-from ..uncertainty import BASELINES
 
 DEFAULT_STRATEGIES = ("base_only", "guide_only", "nudging", "blendin", "blendin:alpha=0.5",
                       "ensemble")
@@ -61,7 +61,7 @@ class StrategyRun:
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
-    def parse(cls, text: str) -> "StrategyRun":
+    def parse(cls, text: str) -> StrategyRun:
         from ..config import BlendConfig
 
         name, _, rest = text.strip().partition(":")
@@ -301,7 +301,7 @@ def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path 
     answers = ((job, f.result()) for job, f in zip(todo, [pool.submit(answer, j) for j in todo])) \
         if pool else ((job, answer(job)) for job in todo)
     try:
-        for (ds, item, run), res in answers:
+        for (_ds, item, run), res in answers:
             rec = {
                 "task": item.task, "item_id": item.id, "strategy": run.label,
                 "question": item.question, "answer": item.answer, "label": item.label,
@@ -362,8 +362,14 @@ def _config_of(llm: Any) -> dict:
 
 
 def _progress(total: int, finished: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     p = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False)

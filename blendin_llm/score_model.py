@@ -145,7 +145,7 @@ class ScoreModel:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict, force: bool = False) -> "ScoreModel":
+    def from_dict(cls, data: dict, force: bool = False) -> ScoreModel:
         """The inverse of ``to_dict``; a malformed model is a ConfigError."""
         try:
             d = dict(data)
