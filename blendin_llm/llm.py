@@ -584,7 +584,8 @@ class BlendedLLM:
         try:
             from langchain_blendin import ChatBlendIn
         except ImportError as e:
-            raise ImportError("the LangChain face needs: pip install 'blendin-llm[langchain]'") from e
+            raise ImportError("the LangChain face is the package langchain-blendin: pip install "
+                              "./integrations/langchain-blendin") from e
         return ChatBlendIn(llm=self, **kwargs)
 
     def as_llama_index(self, **kwargs: Any) -> Any:
@@ -592,7 +593,8 @@ class BlendedLLM:
         try:
             from llama_index.llms.blendin import BlendIn
         except ImportError as e:
-            raise ImportError("the LlamaIndex face needs: pip install 'blendin-llm[llama-index]'") from e
+            raise ImportError("the LlamaIndex face is the package llama-index-llms-blendin: pip "
+                              "install ./integrations/llama-index-llms-blendin") from e
         return BlendIn(llm=self, **kwargs)
 
     def __repr__(self) -> str:

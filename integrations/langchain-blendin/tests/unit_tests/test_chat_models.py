@@ -21,7 +21,6 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.tools import tool
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel
 
@@ -29,16 +28,10 @@ from blendin_llm import BlendConfig, BlendedLLM, LowReliabilityError, ModelSpec
 from blendin_llm.errors import ConfigError, PromptError
 from langchain_blendin import ChatBlendIn, reliability_gate
 
-from scripted import ScriptedBackend, oracle
-from tiny import make_model, make_tokenizer
+from scripted import ScriptedBackend
+from tiny import make_model
 
-TOK = make_tokenizer(chat=True)
-TINY = BlendedLLM(ModelSpec(model=make_model(TOK, seed=0), tokenizer=TOK, name="tiny-base"),
-                  [ModelSpec(model=make_model(TOK, seed=1, hidden=48), tokenizer=TOK,
-                             name="tiny-guide")])
-# base unsure at every step (0.35 < gamma), so every token is a blend of the two
-SCRIPTED = BlendedLLM(ScriptedBackend(TOK, oracle, 0.35, name="scripted-base"),
-                      [ScriptedBackend(TOK, oracle, 0.9, name="scripted-guide")])
+from models import SCRIPTED, TINY, TOK  # noqa: E402
 
 
 class TestChatBlendInUnit(ChatModelUnitTests):
@@ -53,52 +46,6 @@ class TestChatBlendInUnit(ChatModelUnitTests):
     @property
     def supports_model_override(self):
         return False  # the models are loaded objects; a name cannot swap them per call
-
-
-class TestChatBlendInTinyModels(ChatModelIntegrationTests):
-    """Random tiny models: decoding, blending, streaming, async, usage, stop strings. They cannot
-    call tools or write JSON; TestChatBlendInScripted covers those."""
-
-    @property
-    def chat_model_class(self):
-        return ChatBlendIn
-
-    @property
-    def chat_model_params(self):
-        return {"llm": TINY}
-
-    @property
-    def supports_model_override(self):
-        return False
-
-    @property
-    def has_tool_calling(self):
-        return False
-
-    @property
-    def has_structured_output(self):
-        return False
-
-
-class TestChatBlendInScripted(ChatModelIntegrationTests):
-    """A scripted pair that follows instructions (tests/scripted.py): tool calls, tool choice,
-    tool histories, structured output, JSON mode, agent loop, through the real engine."""
-
-    @property
-    def chat_model_class(self):
-        return ChatBlendIn
-
-    @property
-    def chat_model_params(self):
-        return {"llm": SCRIPTED}
-
-    @property
-    def supports_model_override(self):
-        return False
-
-    @property
-    def supports_json_mode(self):
-        return True
 
 
 # -- invoke and stream agree -----------------------------------------------------------------

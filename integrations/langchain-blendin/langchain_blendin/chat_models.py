@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import jsonschema
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
-from blendin_llm.config import SamplingParams
 from blendin_llm.errors import (
     ConfigError,
     GenerationArgumentError,
@@ -47,6 +46,7 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, Runn
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from blendin_llm.options import RENAMED, call_options, check_options
 from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
 # per-call keyword arguments that LangChain itself passes to a chat model and that mean nothing to
@@ -54,19 +54,10 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError
 # arguments (``ls_*``; ``structured_output_format`` is their old name). Every other argument goes
 # to the engine, which raises a typed error naming any it does not know.
 _FRAMEWORK_KWARGS = frozenset({"stream", "structured_output_format"})
-# LangChain's names for the engine's options
-_RENAMED = {"max_tokens": "max_new_tokens"}
 _PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
-
-
-def _sampling_params(opts: dict[str, Any]) -> SamplingParams:
-    """The engine's SamplingParams for ``stream()`` keyword arguments, to check them up front."""
-    names = {f.name for f in dataclasses.fields(SamplingParams)}
-    kwargs = {k: v for k, v in opts.items() if k in names}
-    kwargs["stop"] = opts.get("stop") or ()
-    kwargs["logprobs"] = (opts.get("top_logprobs") if opts.get("logprobs") or opts.get("top_logprobs")
-                          else None)
-    return SamplingParams(**kwargs)
+# the fields that are engine options (``blendin_llm.options``)
+_SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",
+             "top_logprobs", *_PENALTIES, "strategy", "gamma", "alpha")
 
 
 # -- messages in -------------------------------------------------------------------------------
@@ -381,10 +372,10 @@ class ChatBlendIn(BaseChatModel):
         """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
         ``config`` with this model's strategy, gamma and alpha."""
         try:
-            _sampling_params(self._opts())
+            check_options(self._opts())
         except GenerationArgumentError as e:
             names = "".join(f" (ChatBlendIn's {face} is the engine's {core})"
-                            for face, core in _RENAMED.items() if core in str(e))
+                            for face, core in RENAMED.items() if core in str(e))
             raise ConfigError(f"ChatBlendIn: {e}{names}") from None
         return dataclasses.replace(config, **self._overrides())  # ConfigError for a bad value
 
@@ -392,24 +383,16 @@ class ChatBlendIn(BaseChatModel):
         return {n: getattr(self, n) for n in ("strategy", "gamma", "alpha")
                 if getattr(self, n) is not None}
 
-    def _penalties(self) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in _PENALTIES if getattr(self, n) is not None}
-
     def _opts(self, stop: list[str] | None = None, call: dict[str, Any] | None = None
               ) -> dict[str, Any]:
-        """The one mapping from this model's settings and a call's arguments to the engine's
-        ``stream()`` keyword arguments."""
-        opts: dict[str, Any] = {
-            "max_new_tokens": self.max_tokens, "temperature": self.temperature,
-            "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
-            "stop": [*(self.stop or []), *(stop or [])],
-            "logprobs": self.logprobs, "top_logprobs": self.top_logprobs,
-            **self._penalties(), **self._overrides(),
-        }
-        for k, v in (call or {}).items():
-            if k not in _FRAMEWORK_KWARGS and not k.startswith("ls_"):
-                opts[_RENAMED.get(k, k)] = v
-        return opts
+        """This model's settings and a call's arguments as the engine's ``stream()`` keyword
+        arguments (``blendin_llm.options.call_options``: a call's stop strings add to the
+        model's)."""
+        call = {k: v for k, v in (call or {}).items() if not k.startswith("ls_")}
+        if stop:
+            call["stop"] = stop
+        return call_options({n: getattr(self, n) for n in _SETTINGS}, call,
+                            ignore=_FRAMEWORK_KWARGS)
 
     @property
     def _llm_type(self) -> str:
