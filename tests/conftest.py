@@ -52,32 +52,6 @@ def make_llm(base_model, guide_model, tok):
     return make
 
 
-def hf_greedy(model, tok, prompt, n):
-    ids = torch.tensor([tok(prompt).input_ids])
-    out = model.generate(ids, do_sample=False, max_new_tokens=n, pad_token_id=tok.pad_token_id,
-                         eos_token_id=None, min_new_tokens=0)
-    return out[0, ids.shape[1]:].tolist()
-
-
-def same_numbers(a, b, rel=1e-4, abs_=1e-5):
-    """a == b for nested records (pydantic models, dicts, lists), floats up to rounding: decoded in
-    a batch, a request's floats equal its solo run's up to float32 rounding (relative to the
-    logits' scale, which is large in the random test models)."""
-    import math
-
-    if hasattr(a, "model_dump"):
-        a, b = a.model_dump(), b.model_dump()
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(
-            same_numbers(a[k], b[k], rel, abs_) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(
-            same_numbers(x, y, rel, abs_) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
-    return a == b
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server for the session (tests/pgserver.py), torn down after. Outside CI

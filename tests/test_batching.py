@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import same_numbers
+from compare import same_numbers
 from tiny import make_model, make_sentencepiece_tokenizer
 
 from blendin_llm import BlendConfig, BlendedLLM, ConfigError, ModelSpec, PromptError

@@ -5,7 +5,7 @@ import torch
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
 
-from conftest import hf_greedy
+from compare import hf_greedy
 
 PROMPT = "User: hello there\nAssistant:"
 N = 40

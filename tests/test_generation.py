@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from conftest import same_numbers
+from compare import same_numbers
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, ReliabilityConfig
 

@@ -31,6 +31,7 @@ from langchain_blendin import ChatBlendIn, reliability_gate
 from scripted import ScriptedBackend
 from tiny import make_model
 
+from heartbeat import Heartbeat  # noqa: E402
 from models import SCRIPTED, TINY, TOK  # noqa: E402
 
 
@@ -143,25 +144,14 @@ def test_held_back_tokens_keep_their_logprobs_in_the_stream():
 # -- asyncio ---------------------------------------------------------------------------------
 async def test_ainvoke_and_astream_do_not_block_the_event_loop():
     chat = ChatBlendIn(llm=TINY, max_tokens=40, gamma=1.01)  # blend every step: slowest path
-    ticks, done = [], asyncio.Event()
-
-    async def beat():
-        while not done.is_set():
-            ticks.append(time.perf_counter())
-            await asyncio.sleep(0.005)
-
-    task = asyncio.create_task(beat())
-    await asyncio.sleep(0.01)
-    t0 = time.perf_counter()
-    msg = await chat.ainvoke("The quick brown fox")
-    t1 = time.perf_counter()
-    streamed = "".join([c.text async for c in chat.astream("The quick brown fox")])
-    t2 = time.perf_counter()
-    done.set()
-    await task
+    async with Heartbeat() as beat:
+        t0 = time.perf_counter()
+        msg = await chat.ainvoke("The quick brown fox")
+        t1 = time.perf_counter()
+        streamed = "".join([c.text async for c in chat.astream("The quick brown fox")])
+        t2 = time.perf_counter()
     assert msg.text == streamed == chat.invoke("The quick brown fox").text
-    for a, b in ((t0, t1), (t1, t2)):
-        assert sum(a <= t <= b for t in ticks) >= max(3, int((b - a) / 0.005 * 0.3))
+    assert beat.kept_ticking(t0, t1) and beat.kept_ticking(t1, t2)
 
 
 async def test_abatch_gives_the_sequential_answers():
