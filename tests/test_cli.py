@@ -194,7 +194,7 @@ def test_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(model_dirs):
 
 
 def test_setup_returns_at_once_when_nothing_changed(tmp_path):
-    """scripts/setup.sh skips everything when pyproject.toml and setup.sh are as recorded in the
+    """scripts/setup.sh skips everything when the pyproject.toml files and setup.sh are as recorded in the
     stamp and both presets are converted and intact; anything else sends it down the full path
     (here it then fails at once: the stand-in .venv has no activate script)."""
     import hashlib
@@ -208,14 +208,17 @@ def test_setup_returns_at_once_when_nothing_changed(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     work = tmp_path / "checkout"
     (work / "scripts").mkdir(parents=True)
-    for name in ("pyproject.toml", "scripts/setup.sh"):
+    faces = ("integrations/langchain-blendin/pyproject.toml",
+             "integrations/llama-index-llms-blendin/pyproject.toml")
+    for name in ("pyproject.toml", *faces, "scripts/setup.sh"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / name, work / name)
     (work / ".venv" / "bin").mkdir(parents=True)
     python = work / ".venv" / "bin" / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
-    digest = hashlib.sha256((work / "pyproject.toml").read_bytes()
-                            + (work / "scripts/setup.sh").read_bytes()).hexdigest()
+    digest = hashlib.sha256(b"".join((work / name).read_bytes() for name in
+                                     ("pyproject.toml", *faces, "scripts/setup.sh"))).hexdigest()
     (work / ".venv" / ".blendin-setup").write_text(digest + "\n")
     cache = tmp_path / "cache"
     env = {**os.environ, "BLENDIN_CACHE": str(cache)}
