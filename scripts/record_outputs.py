@@ -1,7 +1,7 @@
 """Record the default pair's outputs, so that a later change of layout or refactoring can be checked
-to change no behaviour (``tests/test_default_pair.py::test_outputs_match_the_recorded_release``).
+to change no behaviour (``tests/integration/test_default_pair.py::test_outputs_match_the_recorded_release``).
 
-    python scripts/record_outputs.py [--out tests/data/default_pair_outputs.json]
+    python scripts/record_outputs.py [--out tests/integration/data/default_pair_outputs.json]
 
 Greedy, float32 on CPU (as the tests run), 24 tokens, for a few prompts and strategies; each record
 keeps the text, the token ids and the reliability record's main numbers.
@@ -44,7 +44,7 @@ def record() -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="tests/data/default_pair_outputs.json")
+    ap.add_argument("--out", default="tests/integration/data/default_pair_outputs.json")
     args = ap.parse_args()
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()

@@ -18,7 +18,7 @@ from blendin_llm.eval.runner import auroc, parse_strategies, read_records, run_e
 from blendin_llm.eval.report import calibration_bins, roc_points, write_report
 from blendin_llm.eval.scoring import answer_correct, is_refusal, score_answer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
 
 

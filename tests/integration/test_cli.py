@@ -110,22 +110,26 @@ def unloadable(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_missing_directory_leads_with_no_such_directory():
     line = _one_error_line(_blendin("generate", "hi", "--base", "/nonexistent/dir"))
     assert line.startswith("error: no such directory: /nonexistent/dir")
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_typo_in_a_preset_leads_with_did_you_mean():
     line = _one_error_line(_blendin("generate", "hi", "--base", "gemma-3-27m"))
     assert line.startswith("error: unknown model 'gemma-3-27m': did you mean 'gemma-3-270m'?")
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_typo_in_the_guide_is_reported_before_the_base_loads(unloadable):
     line = _one_error_line(_blendin("generate", "hi", "--base", str(unloadable),
                                     "--guide", "smollm2-135m-instruc"))
     assert "did you mean 'smollm2-135m-instruct'?" in line
 
 
+@pytest.mark.slow  # a `blendin` process per check
 @pytest.mark.parametrize("args, says", [
     (["-n", "-1"], "max_new_tokens must be an integer >= 1, got -1"),
     (["-n", "0"], "max_new_tokens must be an integer >= 1, got 0"),
@@ -142,11 +146,13 @@ def test_bad_arguments_are_reported_before_any_model_loads(unloadable, args, say
     assert says in line
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_empty_prompt(unloadable):
     line = _one_error_line(_blendin("generate", "  ", "--base", str(unloadable)))
     assert line == "error: the prompt is empty; pass some text"
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_argv_bytes_that_are_not_utf8(unloadable):
     line = _one_error_line(_blendin(b"generate", b"caf\xe9 au lait", b"--base", str(unloadable)))
     assert "the prompt is not valid UTF-8" in line and "\\xe9" in line
@@ -157,6 +163,7 @@ def test_argv_bytes_that_are_not_utf8(unloadable):
     assert line.startswith("error: no such directory: /tmp/no")
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_debug_shows_the_traceback_and_the_same_line():
     for argv in (["--debug", "generate", "hi", "--base", "/nonexistent/dir"],
                  ["generate", "hi", "--base", "/nonexistent/dir", "--debug"]):
@@ -166,6 +173,7 @@ def test_debug_shows_the_traceback_and_the_same_line():
         assert err.strip().splitlines()[-1].startswith("error: no such directory")
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_model_load_failure_is_one_line(unloadable):
     line = _one_error_line(_blendin("generate", "hi", "--base", str(unloadable), "-n", "2",
                                     "--strategy", "base_only"))
@@ -185,6 +193,7 @@ def test_help_imports_neither_torch_nor_transformers():
     assert r.returncode == 0 and b"generate" in r.stdout
 
 
+@pytest.mark.slow  # a `blendin` process per check
 def test_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(model_dirs):
     base, guide = model_dirs
     r = _blendin("chat", "--base", str(base), "--guide", str(guide), "-n", "3",
@@ -205,7 +214,7 @@ def test_setup_returns_at_once_when_nothing_changed(tmp_path):
 
     from blendin_llm import sources
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     work = tmp_path / "checkout"
     (work / "scripts").mkdir(parents=True)
     faces = ("integrations/langchain-blendin/pyproject.toml",

@@ -27,6 +27,7 @@ from blendin_llm import (  # noqa: E402
 )
 from blendin_llm.backends.transformers import TransformersBackend  # noqa: E402
 
+pytestmark = pytest.mark.slow  # server processes
 PROMPTS = ["hello there", "what is 12 + 30?", "Write a poem about the sea"]
 CFG = BlendConfig(gamma=0.5)
 

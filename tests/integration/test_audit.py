@@ -27,7 +27,7 @@ from blendin_llm.audit import GENESIS, AuditLog, canonical_json, make_entry
 from blendin_llm.score_model import fingerprint
 from blendin_llm.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
