@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 import torch  # noqa: E402
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, RemoteModel  # noqa: E402
-from blendin_llm.backends.transformers import TransformersBackend  # noqa: E402
+from compare import TopK  # noqa: E402
 
 BASE_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6,
                   num_attention_heads=4, num_key_value_heads=2)
@@ -57,26 +57,6 @@ def peaked_model(tok, shape: dict, seed: int, scale: float):
     with torch.no_grad():
         model.lm_head.weight.mul_(scale)
     return model
-
-
-class TopK(TransformersBackend):
-    """The in-process model known by its top-k log-probs only, as a remote one is."""
-
-    k = 20
-
-    @property
-    def top_k_approximation(self):
-        return self.k
-
-    def forward_batch(self, states, ids, n_last):
-        out = []
-        for logits in super().forward_batch(states, ids, n_last):
-            lp = torch.log_softmax(logits, -1)
-            v, i = torch.topk(lp, self.k, -1)
-            mass = v.exp().sum(-1, keepdim=True).clamp(max=1.0)
-            tail = ((1 - mass).clamp(min=1e-6) / (lp.shape[-1] - self.k)).log()
-            out.append(tail.expand_as(lp).clone().scatter_(-1, i, v))
-        return out
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:

@@ -1,7 +1,9 @@
-"""Comparisons the tests share: transformers' own greedy decoding, and result equality up to float
-rounding."""
+"""Comparisons the tests (and benchmarks) share: transformers' own greedy decoding, result equality
+up to float rounding, and an in-process model cut to its top-k as a remote one is."""
 
 import torch
+
+from blendin_llm.backends.transformers import TransformersBackend
 
 
 def hf_greedy(model, tok, prompt, n):
@@ -28,3 +30,25 @@ def same_numbers(a, b, rel=1e-4, abs_=1e-5):
     if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
         return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
     return a == b
+
+
+class TopK(TransformersBackend):
+    """The in-process model known by its top-k log-probs only, as a remote one is: the top-k
+    exact and the rest of the mass spread evenly (what ``RemoteModel`` returns). ``k``: set on
+    the class."""
+
+    k = 20
+
+    @property
+    def top_k_approximation(self):
+        return self.k
+
+    def forward_batch(self, states, ids, n_last):
+        out = []
+        for logits in super().forward_batch(states, ids, n_last):
+            lp = torch.log_softmax(logits, -1)
+            v, i = torch.topk(lp, self.k, -1)
+            mass = v.exp().sum(-1, keepdim=True).clamp(max=1.0)
+            tail = ((1 - mass).clamp(min=1e-6) / (lp.shape[-1] - self.k)).log()
+            out.append(tail.expand_as(lp).clone().scatter_(-1, i, v))
+        return out

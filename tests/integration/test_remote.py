@@ -13,6 +13,7 @@ httpx = pytest.importorskip("httpx")
 import torch  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, Response  # noqa: E402
+from compare import TopK  # noqa: E402
 from serving import Served, ServeProcess, free_port  # noqa: E402
 from tiny import make_model, make_sentencepiece_tokenizer, make_tokenizer  # noqa: E402
 
@@ -25,7 +26,6 @@ from blendin_llm import (  # noqa: E402
     RemoteModelError,
     RemoteTimeoutError,
 )
-from blendin_llm.backends.transformers import TransformersBackend  # noqa: E402
 
 pytestmark = pytest.mark.slow  # server processes
 PROMPTS = ["hello there", "what is 12 + 30?", "Write a poem about the sea"]
@@ -63,27 +63,6 @@ def servers(dirs, tmp_path_factory):
 
 def remote(servers, dirs, name, **kw):
     return RemoteModel(servers[name], name, tokenizer=dirs[name], **kw)
-
-
-class TopK(TransformersBackend):
-    """The in-process model known by its top-k log-probs only, as a remote one is: the top-k
-    exact and the rest of the mass spread evenly (what ``RemoteModel`` returns)."""
-
-    k = 20
-
-    @property
-    def top_k_approximation(self):
-        return self.k
-
-    def forward_batch(self, states, ids, n_last):
-        out = []
-        for logits in super().forward_batch(states, ids, n_last):
-            lp = torch.log_softmax(logits, -1)
-            v, i = torch.topk(lp, self.k, -1)
-            mass = v.exp().sum(-1, keepdim=True).clamp(max=1.0)
-            tail = ((1 - mass).clamp(min=1e-6) / (lp.shape[-1] - self.k)).log()
-            out.append(tail.expand_as(lp).clone().scatter_(-1, i, v))
-        return out
 
 
 def test_remote_base_gives_the_in_process_answers_in_few_round_trips(servers, dirs):
