@@ -222,6 +222,23 @@ class BlendedLLM:
 
             check_pair(config.reliability.score_model, self.base, self.guides)
 
+    def check_options(self, **overrides: Any) -> BlendConfig:
+        """The config a call with these ``BlendConfig`` overrides would run with (``strategy=``,
+        ``gamma=``, ``alpha=``, ...), checked against this engine's models without decoding, so a
+        framework face or the server can reject a bad setting before decoding starts.
+
+        Args:
+            **overrides: fields of the instance's ``BlendConfig`` to replace.
+
+        Returns:
+            The resulting ``BlendConfig``.
+
+        Raises:
+            ConfigError: an unknown option, a bad value, or one these models cannot run (e.g. a
+                strategy that needs a guide, on an engine without one).
+        """
+        return self._resolve_config(overrides)
+
     def _resolve_config(self, overrides: dict[str, Any]) -> BlendConfig:
         if not overrides:
             return self.config

@@ -194,7 +194,7 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
             prompt = P.completion_prompt(body.get("prompt"))
         kw = P.call_kwargs(body, extra_ok)
         overrides = {k: kw[k] for k in extra_ok if k in kw}
-        config = llm._resolve_config(overrides)  # the effective config, for the audit record
+        config = llm.check_options(**overrides)  # the effective config, for the audit record
         want_lp = bool(kw.get("logprobs"))
         rid = P.new_id("chatcmpl" if chat else "cmpl")
         req_record = {("messages" if chat else "prompt"): prompt if chat else prompt.as_record(),

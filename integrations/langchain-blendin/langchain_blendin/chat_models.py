@@ -4,20 +4,15 @@ record and (on request) OpenAI-shaped log-probs of the blended distribution."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
 import jsonschema
-from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
-from blendin_llm.errors import (
-    ConfigError,
-    GenerationArgumentError,
-    PromptError,
-    settings_error,
-)
+from blendin_llm import BlendResult, StreamEvent, check_reliability
+from blendin_llm.errors import ConfigError, PromptError, settings_error
+from blendin_llm.options import OPTION_NAMES, build_llm, call_options, merge_stops
 from blendin_llm.sources import DEFAULT_GUIDE
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import OutputParserException
@@ -46,7 +41,6 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, Runn
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from blendin_llm.options import RENAMED, call_options, check_options
 from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
 # per-call keyword arguments that LangChain itself passes to a chat model and that mean nothing to
@@ -54,10 +48,6 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError
 # arguments (``ls_*``; ``structured_output_format`` is their old name). Every other argument goes
 # to the engine, which raises a typed error naming any it does not know.
 _FRAMEWORK_KWARGS = frozenset({"stream", "structured_output_format"})
-_PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
-# the fields that are engine options (``blendin_llm.options``)
-_SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",
-             "top_logprobs", *_PENALTIES, "strategy", "gamma", "alpha")
 
 
 # -- messages in -------------------------------------------------------------------------------
@@ -291,7 +281,8 @@ class ChatBlendIn(BaseChatModel):
     top_k: int = Field(default=0, strict=True, description="top-k sampling, 0 = off")
     seed: int | None = Field(default=None, strict=True, description="makes sampled answers reproducible")
     stop: list[str] | None = Field(default=None, alias="stop_sequences",
-                                   description="stop strings (a call's stop= adds to them)")
+                                   description=(
+        "stop strings; a call's stop= adds to them (blendin_llm.options: stop is merged)"))
     logprobs: bool = Field(default=False, strict=True, description="OpenAI-shaped log-probs in "
                            "response_metadata['logprobs']")
     top_logprobs: int = Field(default=0, strict=True, description="alternatives per token, 0-20")
@@ -311,7 +302,8 @@ class ChatBlendIn(BaseChatModel):
     gamma: float | None = Field(default=None, strict=True, description="per-model override of gamma (>= 0)")
     alpha: float | Literal["auto"] | None = Field(
         default=None, description="per-model override of alpha ([0, 1] or 'auto')")
-    streaming: bool = False
+    streaming: bool = Field(default=False, description=(
+        "invoke() decodes through the stream, so callbacks get each piece of text as it comes"))
     # LangChain's standard parameters that mean nothing for local models: accepted, unused
     timeout: float | None = Field(default=None, description="accepted for compatibility; local models")
     max_retries: int = Field(default=0, description="accepted for compatibility; nothing to retry")
@@ -330,36 +322,13 @@ class ChatBlendIn(BaseChatModel):
         self._build()
 
     def _build(self) -> None:
-        """Checks the settings (before loading anything), then loads the engine if asked to."""
-        if self.llm is not None:
-            if not isinstance(self.llm, BlendedLLM):
-                hint = (f"; to load a model by name use model={self.llm!r}"
-                        if isinstance(self.llm, str) else "")
-                raise ConfigError(f"llm must be a loaded BlendedLLM, got {type(self.llm).__name__}"
-                                  + hint)
-            given = [n for n in ("model", "base", "guides", "config") if getattr(self, n) is not None]
-            if given:
-                raise ConfigError(f"pass either llm= (a loaded engine) or model=/guides=/config= "
-                                  f"(an engine to load), not both; got llm= and {', '.join(given)}=")
-            config = self.llm.config
-        else:
-            if self.model is not None and self.base is not None:
-                raise ConfigError("model= and base= both name the base model; pass one")
-            if self.model is None and self.base is None:
-                raise ConfigError("ChatBlendIn needs model= (the base: a preset such as "
-                                  "'gemma-3-270m', a directory, a .gguf file, a hub id) or "
-                                  "llm=BlendedLLM(...)")
-            config = BlendConfig() if self.config is None else self.config
-            if not isinstance(config, BlendConfig):
-                raise ConfigError(f"config must be a BlendConfig, got {type(config).__name__}")
-        config = self._check(config)
-        if self.llm is None:  # the engine it builds has this model's strategy, gamma and alpha
-            self.llm = BlendedLLM(self.model if self.model is not None else self.base,
-                                  [DEFAULT_GUIDE] if self.guides is None else self.guides, config)
-            # the sources are spent: a copy made from this object's fields (LangChain's
-            # configurable_fields does that) shares the engine instead of loading it again
-            self.model = self.base = self.guides = self.config = None
-        self.llm._resolve_config(self._overrides())  # e.g. a strategy that needs a guide
+        """Checks the settings (before loading anything), then loads the engine if asked to
+        (``blendin_llm.options.build_llm``: the same rules as the LlamaIndex face)."""
+        self.llm = build_llm(self._fields(), owner="ChatBlendIn", llm=self.llm, model=self.model,
+                             base=self.base, guides=self.guides, config=self.config)
+        # the sources are spent: a copy made from this object's fields (LangChain's
+        # configurable_fields does that) shares the engine instead of loading it again
+        self.model = self.base = self.guides = self.config = None
         if self.model_name is None:
             self.model_name = self.llm.name
         if self.profile is None:
@@ -368,31 +337,18 @@ class ChatBlendIn(BaseChatModel):
             if self.profile["max_input_tokens"] is None:
                 del self.profile["max_input_tokens"]
 
-    def _check(self, config: BlendConfig) -> BlendConfig:
-        """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
-        ``config`` with this model's strategy, gamma and alpha."""
-        try:
-            check_options(self._opts())
-        except GenerationArgumentError as e:
-            names = "".join(f" (ChatBlendIn's {face} is the engine's {core})"
-                            for face, core in RENAMED.items() if core in str(e))
-            raise ConfigError(f"ChatBlendIn: {e}{names}") from None
-        return dataclasses.replace(config, **self._overrides())  # ConfigError for a bad value
-
-    def _overrides(self) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in ("strategy", "gamma", "alpha")
-                if getattr(self, n) is not None}
+    def _fields(self) -> dict[str, Any]:
+        """This model's settings, for ``blendin_llm.options`` (LangChain's names)."""
+        return {n: getattr(self, n) for n in OPTION_NAMES if n in type(self).model_fields}
 
     def _opts(self, stop: list[str] | None = None, call: dict[str, Any] | None = None
               ) -> dict[str, Any]:
-        """This model's settings and a call's arguments as the engine's ``stream()`` keyword
-        arguments (``blendin_llm.options.call_options``: a call's stop strings add to the
-        model's)."""
-        call = {k: v for k, v in (call or {}).items() if not k.startswith("ls_")}
-        if stop:
-            call["stop"] = stop
-        return call_options({n: getattr(self, n) for n in _SETTINGS}, call,
-                            ignore=_FRAMEWORK_KWARGS)
+        """The engine's ``stream()`` keyword arguments for one call: this model's settings and
+        the call's arguments, by ``blendin_llm.options.call_options`` (a call's ``stop`` adds to
+        the model's; every other argument replaces the setting of its name)."""
+        call = {k: v for k, v in (call or {}).items()
+                if k not in _FRAMEWORK_KWARGS and not k.startswith("ls_")}
+        return call_options(self._fields(), stop, **call)
 
     @property
     def _llm_type(self) -> str:
@@ -410,8 +366,9 @@ class ChatBlendIn(BaseChatModel):
             ls_model_type="chat", ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
         )
-        if stop or self.stop:
-            params["ls_stop"] = stop or self.stop
+        stops = merge_stops(self.stop, stop)
+        if stops:
+            params["ls_stop"] = stops
         return params
 
     def batch(self, inputs: list[LanguageModelInput], config: Any = None, *,

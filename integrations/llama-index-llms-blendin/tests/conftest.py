@@ -1,13 +1,21 @@
-"""Test setup shared with the repository's tests: their helpers (tiny models, the scripted pair)
-and float32 on CPU (subprocesses inherit it)."""
+"""The repository's test helpers (``tiny``: tiny random models; ``scripted``: a model that follows
+instructions) on the path, and the core tests' settings: two torch threads, float32 on CPU.
+
+It sits in a package folder (``__init__.py``), so pytest does not register it as the module
+``conftest``: that name is the core tests' conftest, which they import from."""
 
 import os
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO_TESTS = HERE.parents[2] / "tests"
-for p in (str(HERE), str(REPO_TESTS)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import torch
+
+HELPERS = Path(__file__).resolve().parents[3] / "tests"
+if not (HELPERS / "tiny.py").is_file():
+    raise RuntimeError(f"these tests use blendin-llm's test helpers in {HELPERS}: run them from a "
+                       "checkout of the blendin-llm repository")
+if str(HELPERS) not in sys.path:
+    sys.path.insert(0, str(HELPERS))
+
+torch.set_num_threads(2)
 os.environ.setdefault("BLENDIN_CPU_DTYPE", "float32")

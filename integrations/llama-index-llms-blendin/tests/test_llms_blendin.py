@@ -17,6 +17,7 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.tools import FunctionTool
+from pydantic import BaseModel
 
 from blendin_llm import BlendConfig, BlendedLLM, LowReliabilityError, ModelSpec
 from blendin_llm.errors import ConfigError, PromptError
@@ -396,3 +397,76 @@ def test_penalties_reach_the_engine_as_fields_and_per_call(name, value):
 def test_bad_penalties_are_config_errors_at_construction(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         BlendIn(llm=TINY, **kwargs)
+
+
+# -- one rule for call options (blendin_llm.options, shared with the LangChain face) -----------
+def test_a_calls_stop_adds_to_the_llms_stop():
+    free = BlendIn(llm=TINY, max_new_tokens=40).chat(USER).message.content
+    a, b = free[20:23], free[8:11]
+    both = BlendIn(llm=TINY, max_new_tokens=40, stop=[a]).chat(USER, stop=[b]).message.content
+    assert both == free[: min(free.index(a), free.index(b))]
+    only_field = BlendIn(llm=TINY, max_new_tokens=40, stop=[b]).chat(USER, stop=[a])
+    assert only_field.message.content == both  # the LLM's stop still applies
+
+
+def test_every_own_field_is_documented():
+    from llama_index.core.llms.function_calling import FunctionCallingLLM
+
+    own = set(BlendIn.model_fields) - set(FunctionCallingLLM.model_fields)
+    assert own >= {"max_new_tokens", "stop", "seed", "top_k", "gamma"}
+    assert sorted(n for n in own if not (BlendIn.model_fields[n].description or "").strip()) == []
+
+
+# -- tool calls are ToolCallBlocks; structured output is the engine's JSON mode ----------------
+def test_tool_calls_are_tool_call_blocks_only():
+    from llama_index.core.base.llms.types import ToolCallBlock
+
+    def magic(input: int) -> int:
+        """Apply a magic function to an input."""
+        return input + 2
+
+    llm = BlendIn(llm=scripted())
+    resp = llm.chat_with_tools([FunctionTool.from_defaults(magic)], user_msg="What is magic(3)?",
+                               tool_required=True)
+    blocks = [b for b in resp.message.blocks if isinstance(b, ToolCallBlock)]
+    assert [(b.tool_name, b.tool_kwargs) for b in blocks] == [("magic", {"input": 3})]
+    assert blocks[0].tool_call_id
+    assert "tool_calls" not in resp.message.additional_kwargs
+    streamed = list(llm.stream_chat_with_tools([FunctionTool.from_defaults(magic)],
+                                               user_msg="What is magic(3)?", tool_required=True))
+    assert [(s.tool_name, s.tool_kwargs) for s in
+            llm.get_tool_calls_from_response(streamed[-1])] == [("magic", {"input": 3})]
+    # the answer with its call, as history: the call reaches the prompt from its block
+    history = [ChatMessage(role=MessageRole.USER, content="What is magic(3)?"), resp.message,
+               ChatMessage(role=MessageRole.TOOL, content="5",
+                           additional_kwargs={"tool_call_id": blocks[0].tool_call_id})]
+    assert llm.chat(history).message.content == "The tool says 5."
+
+
+class Magic(BaseModel):
+    """Apply a magic function to an input."""
+
+    input: int
+
+
+def test_structured_predict_uses_the_json_mode():
+    from llama_index.core.prompts import PromptTemplate
+
+    engine = scripted()
+    llm = BlendIn(llm=engine, max_new_tokens=80)
+    prompt = PromptTemplate("What is magic({x})?")
+    assert llm.structured_predict(Magic, prompt, x=3) == Magic(input=3)
+    asked = engine.base.prompts[-1]
+    assert "Reply with one JSON object" in asked and "You can call these tools" not in asked
+    assert asyncio.run(llm.astructured_predict(Magic, prompt, x=4)) == Magic(input=4)
+
+
+def test_structured_predict_raises_on_an_answer_that_does_not_fit():
+    from llama_index.core.prompts import PromptTemplate
+    from pydantic import ValidationError
+
+    liar = BlendIn(llm=BlendedLLM(ScriptedBackend(TOK, lambda p: '{"input": "many"}'),
+                                  config=BlendConfig(strategy="base_only")))
+    with pytest.raises(ValidationError, match="input"):
+        liar.structured_predict(Magic, PromptTemplate("magic?"))
+    assert liar.complete("Hello").text == '{"input": "many"}'  # still usable

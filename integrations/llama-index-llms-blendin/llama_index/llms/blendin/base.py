@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
-from blendin_llm.options import call_options, check_options
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
-from blendin_llm.errors import (
-    ConfigError,
-    GenerationArgumentError,
-    PromptError,
-    settings_error,
-)
-from blendin_llm.sources import DEFAULT_GUIDE
+from blendin_llm.errors import ConfigError, PromptError, settings_error
+from blendin_llm.options import OPTION_NAMES, build_llm, call_options
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
     astream_chat_to_completion_decorator,
@@ -48,10 +41,18 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.llm import (
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictStartEvent,
+)
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.types import PydanticProgramMode
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 dispatcher = get_dispatcher(__name__)
 
@@ -82,14 +83,13 @@ def to_core_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         if role is None:
             raise PromptError(f"message {i} has role {m.role.value!r}; BlendIn takes system, user, "
                               "assistant and tool messages")
-        texts, calls = [], list(m.additional_kwargs.get("tool_calls") or [])
+        texts, calls = [], []
         for block in m.blocks:
             if isinstance(block, TextBlock):
                 texts.append(block.text)
-            elif isinstance(block, ToolCallBlock):
-                if not any(c.get("id") == block.tool_call_id for c in calls if isinstance(c, dict)):
-                    calls.append({"id": block.tool_call_id, "name": block.tool_name,
-                                  "arguments": block.tool_kwargs})
+            elif isinstance(block, ToolCallBlock):  # an assistant's call: blocks only
+                calls.append({"id": block.tool_call_id, "name": block.tool_name,
+                              "arguments": block.tool_kwargs})
             elif not isinstance(block, ThinkingBlock):
                 raise PromptError(
                     f"message {i} has a {type(block).__name__}; these models read text only "
@@ -123,9 +123,10 @@ def _extras(res: BlendResult) -> dict[str, Any]:
 
 
 def _message(text: str, res: BlendResult | None) -> ChatMessage:
+    """The assistant's message: its text, and each tool call as a ``ToolCallBlock`` (the one
+    place calls are; ``additional_kwargs["invalid_tool_calls"]`` holds calls that did not parse,
+    for which LlamaIndex has no block)."""
     kwargs = {}
-    if res is not None and res.tool_calls:
-        kwargs["tool_calls"] = [c.model_dump() for c in res.tool_calls]
     if res is not None and res.invalid_tool_calls:
         kwargs["invalid_tool_calls"] = [c.model_dump() for c in res.invalid_tool_calls]
     blocks: list = [TextBlock(text=text)]
@@ -159,12 +160,6 @@ def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
 
 
 # -- the LLM -----------------------------------------------------------------------------------
-_PENALTIES = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
-# the fields that are engine options (``blendin_llm.options``)
-_SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",
-             "top_logprobs", *_PENALTIES, "strategy", "gamma", "alpha")
-
-
 def _settings_error(e: ValidationError) -> ConfigError:
     """A pydantic error on the constructor's arguments, as the library's ConfigError."""
     own = sorted(set(BlendIn.model_fields) - set(FunctionCallingLLM.model_fields))
@@ -195,8 +190,8 @@ class BlendIn(FunctionCallingLLM):
     seed: Optional[int] = Field(default=None, strict=True, description="makes sampled answers reproducible")
     context_window: Optional[int] = Field(
         default=None, gt=0, strict=True, description="defaults to the blend's: the smallest of its models'")
-    stop: Optional[list[str]] = Field(default=None, description="stop strings (a call's stop= "
-                                      "replaces them)")
+    stop: Optional[list[str]] = Field(default=None, description=(
+        "stop strings; a call's stop= adds to them (blendin_llm.options: stop is merged)"))
     logprobs: bool = Field(default=False, strict=True, description="log-probs on each response")
     top_logprobs: int = Field(default=0, strict=True, description="alternatives per token, 0-20")
     repetition_penalty: Optional[float] = Field(default=None, strict=True, description=(
@@ -222,59 +217,41 @@ class BlendIn(FunctionCallingLLM):
 
     def __init__(self, llm: BlendedLLM | None = None, model: Any = None, base: Any = None,
                  guides: Any = None, config: BlendConfig | None = None, **kwargs: Any) -> None:
-        if llm is not None:
-            if not isinstance(llm, BlendedLLM):
-                hint = f"; to load a model by name use model={llm!r}" if isinstance(llm, str) else ""
-                raise ConfigError(f"llm must be a loaded BlendedLLM, got {type(llm).__name__}{hint}")
-            given = [n for n, v in (("model", model), ("base", base), ("guides", guides),
-                                    ("config", config)) if v is not None]
-            if given:
-                raise ConfigError(f"pass either llm= (a loaded engine) or model=/guides=/config= "
-                                  f"(an engine to load), not both; got llm= and {', '.join(given)}=")
-            blend_config = llm.config
-        else:
-            if model is not None and base is not None:
-                raise ConfigError("model= and base= both name the base model; pass one")
-            if model is None and base is None:
-                raise ConfigError("BlendIn needs model= (the base: a preset such as "
-                                  "'gemma-3-270m', a directory, a .gguf file, a hub id) or "
-                                  "llm=BlendedLLM(...)")
-            blend_config = BlendConfig() if config is None else config
-            if not isinstance(blend_config, BlendConfig):
-                raise ConfigError(f"config must be a BlendConfig, got {type(config).__name__}")
+        """Args:
+            llm: a loaded ``BlendedLLM`` to share (instead of ``model``).
+            model: the base model: a preset name ("gemma-3-270m"), a directory, a ``.gguf``
+                file, a hub id, a ``ModelSpec`` or a ``(model, tokenizer)`` pair.
+            base: the same as ``model``.
+            guides: the guide model(s) for ``model``; None = the default guide, [] = none.
+            config: the ``BlendConfig`` of the engine built from ``model``.
+            **kwargs: the fields below, and LlamaIndex's (``callback_manager``, ...).
+
+        Raises:
+            ConfigError: a bad or unknown setting, or conflicting sources; checked before
+                anything loads (``blendin_llm.options.build_llm``, as for the LangChain face).
+        """
         try:
             super().__init__(**kwargs)
         except ValidationError as e:
             raise _settings_error(e) from None
-        blend_config = self._check(blend_config)  # before loading anything
-        if llm is None:  # the engine it builds has this LLM's strategy, gamma and alpha
-            llm = BlendedLLM(model if model is not None else base,
-                             [DEFAULT_GUIDE] if guides is None else guides, blend_config)
-        llm._resolve_config(self._overrides())  # e.g. a strategy that needs a guide
-        self._llm = llm
-        self.model_name = self.model_name or llm.name
+        self._llm = build_llm(self._fields(), owner="BlendIn", llm=llm, model=model, base=base,
+                              guides=guides, config=config)
+        self.model_name = self.model_name or self._llm.name
 
-    def _check(self, config: BlendConfig) -> BlendConfig:
-        """The settings through the engine's own rules (SamplingParams, BlendConfig); returns
-        ``config`` with this LLM's strategy, gamma and alpha."""
-        try:
-            check_options(self._opts({}))
-        except GenerationArgumentError as e:
-            raise ConfigError(f"BlendIn: {e}") from None
-        return dataclasses.replace(config, **self._overrides())  # ConfigError for a bad value
-
-    def _overrides(self) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in ("strategy", "gamma", "alpha")
-                if getattr(self, n) is not None}
+    def _fields(self) -> dict[str, Any]:
+        """This LLM's settings, for ``blendin_llm.options``."""
+        return {n: getattr(self, n) for n in OPTION_NAMES if n in type(self).model_fields}
 
     def _opts(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """This LLM's settings and a call's keyword arguments as the engine's ``stream()``
-        keyword arguments (``blendin_llm.options.call_options``: a call's stop strings add to the
-        LLM's; unknown names are the engine's to reject)."""
-        return call_options({n: getattr(self, n) for n in _SETTINGS}, kwargs)
+        """The engine's ``stream()`` keyword arguments for one call: this LLM's settings and the
+        call's arguments, by ``blendin_llm.options.call_options`` (a call's ``stop`` adds to the
+        LLM's; every other argument replaces the setting of its name; ``max_tokens`` is
+        ``max_new_tokens``; unknown ones are the engine's to reject)."""
+        return call_options(self._fields(), **kwargs)
 
     @property
     def engine(self) -> BlendedLLM:
+        """The ``BlendedLLM`` this LLM answers with (shared, not a copy)."""
         return self._llm
 
     @classmethod
@@ -359,11 +336,71 @@ class BlendIn(FunctionCallingLLM):
     def get_tool_calls_from_response(self, response: ChatResponse,
                                      error_on_no_tool_call: bool = True,
                                      **kwargs: Any) -> list[ToolSelection]:
-        calls = response.message.additional_kwargs.get("tool_calls") or []
+        """The response's ``ToolCallBlock``s as ``ToolSelection``s.
+
+        Raises:
+            ValueError: no call, when ``error_on_no_tool_call`` (LlamaIndex's convention).
+        """
+        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
         if not calls and error_on_no_tool_call:
             raise ValueError(f"expected at least one tool call, got none: {response.message.content!r}")
-        return [ToolSelection(tool_id=c["id"], tool_name=c["name"], tool_kwargs=c["arguments"])
-                for c in calls]
+        return [ToolSelection(tool_id=c.tool_call_id or "", tool_name=c.tool_name,
+                              tool_kwargs=c.tool_kwargs) for c in calls]
+
+    # -- structured output on the engine's JSON mode ----------------------------------------------
+    def _json_request(self, output_cls: type[BaseModel], prompt: BasePromptTemplate,
+                      llm_kwargs: Optional[dict[str, Any]], prompt_args: dict[str, Any]
+                      ) -> tuple[list[ChatMessage], dict[str, Any]]:
+        dispatcher.event(LLMStructuredPredictStartEvent(
+            output_cls=output_cls, template=prompt, template_args=prompt_args))
+        schema = output_cls.model_json_schema()
+        kwargs = {**(llm_kwargs or {}),
+                  "response_format": {"type": "json_schema", "schema": schema}}
+        return self._get_messages(prompt, **prompt_args), kwargs
+
+    @staticmethod
+    def _parsed(output_cls: type[Model], response: ChatResponse) -> Model:
+        out = output_cls.model_validate_json(response.message.content or "")
+        dispatcher.event(LLMStructuredPredictEndEvent(output=out))
+        return out
+
+    @dispatcher.span
+    def structured_predict(self, output_cls: type[Model], prompt: BasePromptTemplate,
+                           llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any
+                           ) -> Model:
+        """An answer parsed into ``output_cls``, written in the engine's JSON mode: the schema is
+        in the prompt and the answer is one JSON object (``response_format`` json_schema), so no
+        tool call is needed. Another ``pydantic_program_mode`` than the default uses LlamaIndex's
+        program for it instead.
+
+        Args:
+            output_cls: the pydantic class of the answer.
+            prompt: the prompt template.
+            llm_kwargs: per-call options for the engine (``max_tokens=``, ``seed=``, ...).
+            **prompt_args: the template's variables.
+
+        Returns:
+            The parsed answer.
+
+        Raises:
+            pydantic.ValidationError: the answer is not JSON matching ``output_cls`` (e.g. it was
+                cut off by ``max_new_tokens``).
+        """
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        messages, kwargs = self._json_request(output_cls, prompt, llm_kwargs, prompt_args)
+        return self._parsed(output_cls, self.chat(messages, **kwargs))
+
+    @dispatcher.span
+    async def astructured_predict(self, output_cls: type[Model], prompt: BasePromptTemplate,
+                                  llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any
+                                  ) -> Model:
+        """``structured_predict`` for asyncio."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs,
+                                                     **prompt_args)
+        messages, kwargs = self._json_request(output_cls, prompt, llm_kwargs, prompt_args)
+        return self._parsed(output_cls, await self.achat(messages, **kwargs))
 
 
 # -- reliability for query engines ---------------------------------------------------------------
