@@ -1,8 +1,5 @@
 """The repository's test helpers (``tiny``: tiny random models; ``scripted``: a model that follows
-instructions) on the path, and the core tests' settings: two torch threads, float32 on CPU.
-
-It sits in a package folder (``__init__.py``), so pytest does not register it as the module
-``conftest``: that name is the core tests' conftest, which they import from."""
+instructions) on the path, and the core tests' settings: two torch threads, float32 on CPU."""
 
 import os
 import sys

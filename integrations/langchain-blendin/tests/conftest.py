@@ -1,8 +1,5 @@
 """The repository's test helpers (``tiny``: tiny random models; ``scripted``: a model that follows
-instructions) on the path, and the core tests' settings: two torch threads, float32 on CPU.
-
-It sits in a package folder (``__init__.py``), so pytest does not register it as the module
-``conftest``: that name is the core tests' conftest, which they import from."""
+instructions) on the path, and the core tests' settings: two torch threads, float32 on CPU."""
 
 import os
 import sys
@@ -10,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-HELPERS = Path(__file__).resolve().parents[4] / "tests"
+HELPERS = Path(__file__).resolve().parents[3] / "tests"
 if not (HELPERS / "tiny.py").is_file():
     raise RuntimeError(f"these tests use blendin-llm's test helpers in {HELPERS}: run them from a "
                        "checkout of the blendin-llm repository")
