@@ -54,14 +54,13 @@ class Request:
     def cancel(self) -> None:
         """Abandon the request: its row is freed at the next step boundary, and its models' work
         in flight (a remote request) is stopped now."""
-        if self.cancelled or self.over:
-            self.cancelled = True
-            return
+        first = not (self.cancelled or self.over)
         self.cancelled = True
-        try:
-            self.gen.cancel()
-        except Exception:  # stopping early is a courtesy; the row is freed at the next step
-            pass
+        if first:
+            try:
+                self.gen.cancel()
+            except Exception:  # stopping early is a courtesy; the row is freed at the next step
+                pass
 
 
 class Scheduler:

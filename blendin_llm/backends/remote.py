@@ -88,13 +88,12 @@ class _RemoteState:
     """A sequence's remote side: its chunks (the newest first, maybe still arriving) and how it
     samples."""
 
-    __slots__ = ("chunks", "sampling", "cancelled", "requests")
+    __slots__ = ("chunks", "sampling", "cancelled")
 
     def __init__(self) -> None:
         self.chunks: list[_Chunk] = []
         self.sampling: tuple[float, float, int, int | None] = (0.0, 1.0, 0, None)
         self.cancelled = False
-        self.requests = 0  # round trips made for this sequence
 
     def lookup(self, tokens: list[int], p: int
                ) -> tuple[tuple[list[int], list[float]], int | None] | None:
@@ -472,7 +471,6 @@ class RemoteModel(ModelBackend):
                     await asyncio.sleep(getattr(error, "retry_after", None)
                                         or self.backoff * 2 ** (attempt - 1))
                 self.requests += 1
-                st.requests += 1
                 try:
                     if self.stream:
                         async with self._client.stream("POST", "/completions",

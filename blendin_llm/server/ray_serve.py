@@ -72,8 +72,8 @@ def deployment(base: str, guides: list[str] | None = None, *, strategy: str = "b
 
     if not isinstance(replicas, int) or replicas < 1:
         raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
-    if audit and replicas > 1 and not str(audit).startswith(("postgresql://", "postgres://")) \
-            and max_replicas != 1:
+    several = max(replicas, max_replicas or 1) > 1  # now, or once autoscaling adds replicas
+    if audit and several and not str(audit).startswith(("postgresql://", "postgres://")):
         raise ConfigError("several replicas share an audit log only through PostgreSQL: pass "
                           "audit='postgresql://...' (a SQLite file belongs to one process)")
     options = dict(base=base, guides=list(guides or []), strategy=strategy, gamma=gamma,

@@ -115,3 +115,5 @@ def test_a_killed_replica_is_replaced_and_retried_requests_are_answered(cluster)
 def test_a_sqlite_audit_log_is_refused_for_several_replicas(cluster):
     with pytest.raises(ConfigError, match="PostgreSQL"):
         deployment("base", replicas=2, audit="sqlite:///a.db")
+    with pytest.raises(ConfigError, match="PostgreSQL"):  # autoscaling may add replicas later
+        deployment("base", replicas=1, max_replicas=3, audit="sqlite:///a.db")
