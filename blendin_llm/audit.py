@@ -49,8 +49,20 @@ GENESIS = "0" * 64
 CONTENT_MODES = ("full", "hash")
 STATS_BY = ("day", "model", "tenant")
 _RESERVED = ("seq", "created_at", "hash", "prev_hash")
-_COLUMNS = ("seq", "id", "created_at", "tenant", "user_name", "model", "config_hash", "flagged",
-            "score", "record", "prev_hash", "hash")
+_COLUMNS = (
+    "seq",
+    "id",
+    "created_at",
+    "tenant",
+    "user_name",
+    "model",
+    "config_hash",
+    "flagged",
+    "score",
+    "record",
+    "prev_hash",
+    "hash",
+)
 _PG_LOCK_KEY = 0x626C656E64696E  # "blendin": the advisory lock that serialises appends
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS audit_schema_version (version INTEGER NOT NULL)",
@@ -90,8 +102,14 @@ def _finite(obj: Any) -> Any:
 def canonical_json(obj: Any) -> str:
     """The one JSON text of ``obj`` that is hashed: sorted keys, no spaces, UTF-8 kept, non-finite
     floats as null, anything else JSON lacks as its ``str``."""
-    return json.dumps(_finite(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False, default=str)
+    return json.dumps(
+        _finite(obj),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=str,
+    )
 
 
 def sha256_hex(text: str) -> str:
@@ -116,13 +134,16 @@ def _time_bound(value: Any, what: str) -> str | None:
         try:
             value = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise ConfigError(f"{what} must be a date or time in ISO 8601 (e.g. 2026-11-23 or "
-                              f"2026-11-23T10:00:00Z), got {value!r}") from None
+            raise ConfigError(
+                f"{what} must be a date or time in ISO 8601 (e.g. 2026-11-23 or "
+                f"2026-11-23T10:00:00Z), got {value!r}"
+            ) from None
     if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
         value = _dt.datetime(value.year, value.month, value.day)
     if not isinstance(value, _dt.datetime):
-        raise ConfigError(f"{what} must be a datetime, a date or an ISO 8601 string, got "
-                          f"{type(value).__name__}")
+        raise ConfigError(
+            f"{what} must be a datetime, a date or an ISO 8601 string, got {type(value).__name__}"
+        )
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.timezone.utc)
     return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -175,7 +196,8 @@ def _columns(record: dict) -> dict:
     flagged = rel.get("flagged")
     score = rel.get("score")
     return {
-        "tenant": record.get("tenant"), "user_name": record.get("user"),
+        "tenant": record.get("tenant"),
+        "user_name": record.get("user"),
         "model": model.get("name") if isinstance(model, dict) else str(model),
         "config_hash": record.get("config_hash"),
         "flagged": None if flagged is None else int(bool(flagged)),
@@ -186,10 +208,17 @@ def _columns(record: dict) -> dict:
 def _to_record(row: tuple) -> AuditRecord:
     d = dict(zip(_COLUMNS, row))
     return AuditRecord(
-        seq=int(d["seq"]), id=d["id"], created_at=d["created_at"], tenant=d["tenant"],
-        user=d["user_name"], model=d["model"], config_hash=d["config_hash"],
+        seq=int(d["seq"]),
+        id=d["id"],
+        created_at=d["created_at"],
+        tenant=d["tenant"],
+        user=d["user_name"],
+        model=d["model"],
+        config_hash=d["config_hash"],
         flagged=None if d["flagged"] is None else bool(d["flagged"]),
-        score=d["score"], hash=d["hash"], prev_hash=d["prev_hash"],
+        score=d["score"],
+        hash=d["hash"],
+        prev_hash=d["prev_hash"],
         record=json.loads(d["record"]),
     )
 
@@ -197,8 +226,10 @@ def _to_record(row: tuple) -> AuditRecord:
 # -- entries ------------------------------------------------------------------------------------
 def _check_content(content: Any) -> str:
     if content not in CONTENT_MODES:
-        raise ConfigError(f"content must be 'full' (store requests and answers) or 'hash' (store "
-                          f"only their SHA-256), got {content!r}")
+        raise ConfigError(
+            f"content must be 'full' (store requests and answers) or 'hash' (store "
+            f"only their SHA-256), got {content!r}"
+        )
     return content
 
 
@@ -215,13 +246,16 @@ def redact(entry: dict) -> dict:
     for key in ("text", "tool_calls", "invalid_tool_calls"):
         if key in resp:
             value = resp.pop(key)
-            resp[key + "_sha256"] = sha256_hex(value if isinstance(value, str)
-                                               else canonical_json(value))
+            resp[key + "_sha256"] = sha256_hex(
+                value if isinstance(value, str) else canonical_json(value)
+            )
     out["response"] = resp
     rel = out.get("reliability")
     if isinstance(rel, dict) and rel.get("trace"):
-        out["reliability"] = {**rel, "trace": [{k: v for k, v in t.items() if k != "text"}
-                                               for t in rel["trace"]]}
+        out["reliability"] = {
+            **rel,
+            "trace": [{k: v for k, v in t.items() if k != "text"} for t in rel["trace"]],
+        }
     return out
 
 
@@ -245,9 +279,18 @@ def _config_dict(config: Any) -> dict:
     raise ConfigError(f"config must be a BlendConfig or its dict, got {type(config).__name__}")
 
 
-def make_entry(*, id: str, llm: Any, config: Any, request: dict, result: Any, latency_s: float,
-               tenant: str | None = None, user: str | None = None,
-               content: str = "full") -> dict:
+def make_entry(
+    *,
+    id: str,
+    llm: Any,
+    config: Any,
+    request: dict,
+    result: Any,
+    latency_s: float,
+    tenant: str | None = None,
+    user: str | None = None,
+    content: str = "full",
+) -> dict:
     """The audit entry of one answer, ready for ``AuditLog.append``.
 
     Args:
@@ -282,9 +325,16 @@ def make_entry(*, id: str, llm: Any, config: Any, request: dict, result: Any, la
     cfg = _config_dict(config if config is not None else getattr(llm, "config", None))
     reliability = data.pop("reliability", None)
     entry = {
-        "id": id, "tenant": tenant, "user": user, "model": _model_block(llm),
-        "config": cfg, "config_hash": sha256_hex(canonical_json(cfg)), "content": "full",
-        "request": dict(request), "response": data, "reliability": reliability,
+        "id": id,
+        "tenant": tenant,
+        "user": user,
+        "model": _model_block(llm),
+        "config": cfg,
+        "config_hash": sha256_hex(canonical_json(cfg)),
+        "content": "full",
+        "request": dict(request),
+        "response": data,
+        "reliability": reliability,
         "latency_s": float(latency_s),
     }
     entry = json.loads(canonical_json(entry))
@@ -328,18 +378,23 @@ class _SQLite(_Store):
     def connect(self) -> None:
         path = Path(self.target)
         if not path.parent.is_dir():
-            raise AuditError(f"cannot open the audit log {str(path)!r}: the folder "
-                             f"{str(path.parent)!r} does not exist; create it or pass another path")
+            raise AuditError(
+                f"cannot open the audit log {str(path)!r}: the folder "
+                f"{str(path.parent)!r} does not exist; create it or pass another path"
+            )
         try:
             # autocommit mode: transactions are the explicit BEGIN IMMEDIATE ... COMMIT below
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                                   timeout=30.0)
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
             conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.Error as e:
-            raise AuditError(f"cannot open the audit log {str(path)!r} as SQLite ({e}); pass a "
-                             "writable path to a SQLite file") from None
+            raise AuditError(
+                f"cannot open the audit log {str(path)!r} as SQLite ({e}); pass a "
+                "writable path to a SQLite file"
+            ) from None
         self.conn = conn
 
     def begin(self) -> None:
@@ -373,15 +428,18 @@ class _Postgres(_Store):
         try:
             import psycopg
         except ImportError:
-            raise AuditError("a postgresql:// audit log needs psycopg 3: pip install "
-                             "'blendin-llm[postgres]'") from None
+            raise AuditError(
+                "a postgresql:// audit log needs psycopg 3: pip install 'blendin-llm[postgres]'"
+            ) from None
         try:
             conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
             conn.execute("SET synchronous_commit TO on")  # a commit is on disk when it returns
         except psycopg.Error as e:
-            raise AuditError(f"cannot reach the PostgreSQL audit log at {_safe_url(self.target)} "
-                             f"({' '.join(str(e).split())}); check that the server runs and the "
-                             "URL, user and database are right") from None
+            raise AuditError(
+                f"cannot reach the PostgreSQL audit log at {_safe_url(self.target)} "
+                f"({' '.join(str(e).split())}); check that the server runs and the "
+                "URL, user and database are right"
+            ) from None
         self.conn = conn
 
     def sql(self, text: str) -> str:
@@ -442,21 +500,25 @@ def _parse_url(url: Any) -> _Store:
     third slash), a plain filesystem path (SQLite), or ``postgresql://`` / ``postgres://``."""
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
-    hint = ("pass 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db', a plain file path, "
-            "or 'postgresql://user@host:port/dbname'")
+    hint = (
+        "pass 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db', a plain file path, "
+        "or 'postgresql://user@host:port/dbname'"
+    )
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"the audit log URL must be a non-empty string; {hint}, got {url!r}")
     url = url.strip()
     low = url.lower()
     if low.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         if low.startswith("postgresql+psycopg://"):
-            url = "postgresql://" + url[len("postgresql+psycopg://"):]
+            url = "postgresql://" + url[len("postgresql+psycopg://") :]
         return _Postgres(url)
     if low.startswith("sqlite:"):
-        if not low.startswith("sqlite:///") or url[len("sqlite:///"):] in ("", ":memory:"):
-            raise ConfigError(f"{url!r} names no SQLite file (an audit log must be durable: no "
-                              f"in-memory database); {hint}")
-        return _SQLite(url[len("sqlite:///"):])
+        if not low.startswith("sqlite:///") or url[len("sqlite:///") :] in ("", ":memory:"):
+            raise ConfigError(
+                f"{url!r} names no SQLite file (an audit log must be durable: no "
+                f"in-memory database); {hint}"
+            )
+        return _SQLite(url[len("sqlite:///") :])
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise ConfigError(f"unsupported audit log scheme {scheme!r}; {hint}")
@@ -544,9 +606,11 @@ class AuditLog:
                 store.close()
             except Exception:
                 pass
-        return AuditError(f"the audit log {self.url!r} failed while {doing} "
-                          f"({type(exc).__name__}: {' '.join(str(exc).split())}); nothing was "
-                          "recorded by this call; check the database and retry")
+        return AuditError(
+            f"the audit log {self.url!r} failed while {doing} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}); nothing was "
+            "recorded by this call; check the database and retry"
+        )
 
     def _migrate(self) -> None:
         s = self._store
@@ -562,9 +626,11 @@ class AuditLog:
             else:
                 have = int(rows[0][0])
             if have > SCHEMA_VERSION:
-                raise AuditError(f"the audit log {self.url!r} has schema version {have}, newer "
-                                 f"than this blendin-llm reads ({SCHEMA_VERSION}); upgrade "
-                                 "blendin-llm")
+                raise AuditError(
+                    f"the audit log {self.url!r} has schema version {have}, newer "
+                    f"than this blendin-llm reads ({SCHEMA_VERSION}); upgrade "
+                    "blendin-llm"
+                )
             for v in range(have + 1, SCHEMA_VERSION + 1):
                 for stmt in _MIGRATIONS.get(v, ()):
                     s.run(stmt)
@@ -596,15 +662,18 @@ class AuditLog:
                 recorded; the log stays usable).
         """
         if not isinstance(entry, Mapping):
-            raise AuditError(f"an audit entry is a dict from make_entry(), got "
-                             f"{type(entry).__name__}")
+            raise AuditError(
+                f"an audit entry is a dict from make_entry(), got {type(entry).__name__}"
+            )
         entry_id = entry.get("id")
         if not isinstance(entry_id, str) or not entry_id:
             raise AuditError("the audit entry has no id; build it with make_entry(id=...)")
         clash = [k for k in _RESERVED if k in entry]
         if clash:
-            raise AuditError(f"the audit entry carries {clash}: the log sets these; pass the dict "
-                             "from make_entry()")
+            raise AuditError(
+                f"the audit entry carries {clash}: the log sets these; pass the dict "
+                "from make_entry()"
+            )
         if not isinstance(entry.get("model"), (dict, str)):
             raise AuditError("the audit entry has no model; build it with make_entry()")
         body = redact(dict(entry)) if self.content == "hash" else dict(entry)
@@ -615,10 +684,13 @@ class AuditLog:
                     store.begin()
                     store.lock_chain()
                     if store.rows("SELECT 1 FROM audit_records WHERE id = ?", (entry_id,)):
-                        raise AuditError(f"an answer with id {entry_id!r} is already in the audit "
-                                         "log; every answer needs its own id")
-                    tail = store.rows("SELECT seq, hash FROM audit_records "
-                                      "ORDER BY seq DESC LIMIT 1")
+                        raise AuditError(
+                            f"an answer with id {entry_id!r} is already in the audit "
+                            "log; every answer needs its own id"
+                        )
+                    tail = store.rows(
+                        "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
+                    )
                     seq, prev = (int(tail[0][0]) + 1, tail[0][1]) if tail else (1, GENESIS)
                     record = {**body, "seq": seq, "created_at": _now()}
                     text = canonical_json(record)
@@ -628,9 +700,21 @@ class AuditLog:
                         "INSERT INTO audit_records (seq, id, created_at, tenant, user_name, "
                         "model, config_hash, flagged, score, record, prev_hash, hash) VALUES "
                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (seq, entry_id, record["created_at"], cols["tenant"], cols["user_name"],
-                         cols["model"], cols["config_hash"], cols["flagged"], cols["score"],
-                         text, prev, digest))
+                        (
+                            seq,
+                            entry_id,
+                            record["created_at"],
+                            cols["tenant"],
+                            cols["user_name"],
+                            cols["model"],
+                            cols["config_hash"],
+                            cols["flagged"],
+                            cols["score"],
+                            text,
+                            prev,
+                            digest,
+                        ),
+                    )
                     store.commit()
                 except AuditError:
                     store.rollback()
@@ -641,19 +725,28 @@ class AuditLog:
                         raise
                     which = store.is_unique_violation(e)
                     if which == "id":
-                        raise AuditError(f"an answer with id {entry_id!r} is already in the "
-                                         "audit log; every answer needs its own id") from None
+                        raise AuditError(
+                            f"an answer with id {entry_id!r} is already in the "
+                            "audit log; every answer needs its own id"
+                        ) from None
                     if which is not None and attempt < 4:
                         time.sleep(0.01 * (attempt + 1))  # another writer took this seq: retry
                         continue
                     raise self._failed(e, f"appending {entry_id!r}") from None
-                return AuditRecord(seq=seq, id=entry_id, created_at=record["created_at"],
-                                   tenant=cols["tenant"], user=cols["user_name"],
-                                   model=cols["model"], config_hash=cols["config_hash"],
-                                   flagged=None if cols["flagged"] is None
-                                   else bool(cols["flagged"]),
-                                   score=cols["score"], hash=digest, prev_hash=prev,
-                                   record=json.loads(text))
+                return AuditRecord(
+                    seq=seq,
+                    id=entry_id,
+                    created_at=record["created_at"],
+                    tenant=cols["tenant"],
+                    user=cols["user_name"],
+                    model=cols["model"],
+                    config_hash=cols["config_hash"],
+                    flagged=None if cols["flagged"] is None else bool(cols["flagged"]),
+                    score=cols["score"],
+                    hash=digest,
+                    prev_hash=prev,
+                    record=json.loads(text),
+                )
         raise AssertionError("unreachable")
 
     # -- reading -------------------------------------------------------------------------------
@@ -674,13 +767,23 @@ class AuditLog:
         Returns:
             Its ``AuditRecord``, or None when the log has no such id.
         """
-        rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM audit_records WHERE id = ?",
-                           (id,), f"reading {id!r}")
+        rows = self._query(
+            f"SELECT {', '.join(_COLUMNS)} FROM audit_records WHERE id = ?",
+            (id,),
+            f"reading {id!r}",
+        )
         return _to_record(rows[0]) if rows else None
 
-    def records(self, *, since: Any = None, until: Any = None, tenant: str | None = None,
-                model: str | None = None, flagged: bool | None = None,
-                limit: int | None = None) -> Iterator[AuditRecord]:
+    def records(
+        self,
+        *,
+        since: Any = None,
+        until: Any = None,
+        tenant: str | None = None,
+        model: str | None = None,
+        flagged: bool | None = None,
+        limit: int | None = None,
+    ) -> Iterator[AuditRecord]:
         """The records in chain order, filtered.
 
         Args:
@@ -695,37 +798,49 @@ class AuditLog:
             An iterator, read from the database in pages (any size of log).
         """
         where, args = self._where(since, until, tenant, model, flagged)
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                                  or limit < 0):
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
             raise ConfigError(f"limit must be an integer >= 0, got {limit!r}")
         return self._pages(where, args, limit)
 
-    def _where(self, since: Any, until: Any, tenant: Any, model: Any,
-               flagged: Any) -> tuple[list[str], list]:
+    def _where(
+        self, since: Any, until: Any, tenant: Any, model: Any, flagged: Any
+    ) -> tuple[list[str], list]:
         where, args = [], []
         lo, hi = _time_bound(since, "since"), _time_bound(until, "until")
         if lo is not None:
-            where.append("created_at >= ?"); args.append(lo)  # noqa: E702
+            where.append("created_at >= ?")
+            args.append(lo)  # noqa: E702
         if hi is not None:
-            where.append("created_at < ?"); args.append(hi)  # noqa: E702
+            where.append("created_at < ?")
+            args.append(hi)  # noqa: E702
         if tenant is not None:
-            where.append("tenant = ?"); args.append(str(tenant))  # noqa: E702
+            where.append("tenant = ?")
+            args.append(str(tenant))  # noqa: E702
         if model is not None:
-            where.append("model = ?"); args.append(str(model))  # noqa: E702
+            where.append("model = ?")
+            args.append(str(model))  # noqa: E702
         if flagged is not None:
             if not isinstance(flagged, bool):
                 raise ConfigError(f"flagged must be True, False or None, got {flagged!r}")
-            where.append("flagged = ?"); args.append(int(flagged))  # noqa: E702
+            where.append("flagged = ?")
+            args.append(int(flagged))  # noqa: E702
         return where, args
 
-    def _pages(self, where: list[str], args: list, limit: int | None,
-               page: int = 500) -> Iterator[AuditRecord]:
+    def _pages(
+        self, where: list[str], args: list, limit: int | None, page: int = 500
+    ) -> Iterator[AuditRecord]:
         last, left = 0, limit
         while left is None or left > 0:
             n = page if left is None else min(page, left)
             cond = " AND ".join(["seq > ?", *where])
-            rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM audit_records WHERE {cond} "
-                               f"ORDER BY seq LIMIT {int(n)}", (last, *args), "reading records")
+            rows = self._query(
+                f"SELECT {', '.join(_COLUMNS)} FROM audit_records WHERE {cond} "
+                f"ORDER BY seq LIMIT {int(n)}",
+                (last, *args),
+                "reading records",
+            )
             for row in rows:
                 rec = _to_record(row)
                 last = rec.seq
@@ -754,43 +869,59 @@ class AuditLog:
         prev, expect, checked, found_anchor = GENESIS, 1, 0, anchor is None
         last_seq = 0
         while True:
-            rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM audit_records WHERE seq > ? "
-                               "ORDER BY seq LIMIT 1000", (last_seq,), "verifying")
+            rows = self._query(
+                f"SELECT {', '.join(_COLUMNS)} FROM audit_records WHERE seq > ? "
+                "ORDER BY seq LIMIT 1000",
+                (last_seq,),
+                "verifying",
+            )
             for row in rows:
                 d = dict(zip(_COLUMNS, row))
                 seq, rid = int(d["seq"]), d["id"]
                 checked += 1
                 last_seq = seq
 
-                def bad(reason: str, checked: int = checked, rid: str = rid,
-                        seq: int = seq) -> VerifyReport:
-                    return VerifyReport(ok=False, checked=checked, first_bad=rid,
-                                        first_bad_seq=seq, reason=reason)
+                def bad(
+                    reason: str, checked: int = checked, rid: str = rid, seq: int = seq
+                ) -> VerifyReport:
+                    return VerifyReport(
+                        ok=False, checked=checked, first_bad=rid, first_bad_seq=seq, reason=reason
+                    )
 
                 if seq != expect:
-                    return bad(f"record {seq} follows record {expect - 1}: "
-                               f"{'record(s) missing (deleted)' if seq > expect else 'out of order'}")
+                    return bad(
+                        f"record {seq} follows record {expect - 1}: "
+                        f"{'record(s) missing (deleted)' if seq > expect else 'out of order'}"
+                    )
                 if d["prev_hash"] != prev:
-                    return bad("its prev_hash is not the previous record's hash (a record before "
-                               "it was changed, removed or moved)")
+                    return bad(
+                        "its prev_hash is not the previous record's hash (a record before "
+                        "it was changed, removed or moved)"
+                    )
                 if chain_hash(prev, d["record"]) != d["hash"]:
                     return bad("its content does not match its hash (the record was edited)")
                 try:
                     rec = json.loads(d["record"])
                 except ValueError:
                     return bad("its content is not JSON (the record was edited)")
-                if rec.get("seq") != seq or rec.get("id") != rid or \
-                        rec.get("created_at") != d["created_at"]:
-                    return bad("its seq, id or time differs from the hashed record (edited or "
-                               "moved)")
+                if (
+                    rec.get("seq") != seq
+                    or rec.get("id") != rid
+                    or rec.get("created_at") != d["created_at"]
+                ):
+                    return bad(
+                        "its seq, id or time differs from the hashed record (edited or moved)"
+                    )
                 cols = _columns(rec)
                 for k, v in cols.items():
                     have = d[k]
                     if k == "flagged" and have is not None:
                         have = int(have)
                     if have != v:
-                        return bad(f"its column {k} ({have!r}) differs from the hashed record "
-                                   f"({v!r}): the column was edited")
+                        return bad(
+                            f"its column {k} ({have!r}) differs from the hashed record "
+                            f"({v!r}): the column was edited"
+                        )
                 if not found_anchor and d["hash"] == anchor:
                     found_anchor = True
                 prev, expect = d["hash"], expect + 1
@@ -798,9 +929,15 @@ class AuditLog:
                 break
         head, head_seq = (prev, expect - 1) if checked else (None, None)
         if not found_anchor:
-            return VerifyReport(ok=False, checked=checked, reason=f"the anchor {anchor} is not in "
-                                "the chain: records were removed from its end (or it is another "
-                                "log's)", head=head, head_seq=head_seq)
+            return VerifyReport(
+                ok=False,
+                checked=checked,
+                reason=f"the anchor {anchor} is not in "
+                "the chain: records were removed from its end (or it is another "
+                "log's)",
+                head=head,
+                head_seq=head_seq,
+            )
         return VerifyReport(ok=True, checked=checked, head=head, head_seq=head_seq)
 
     # -- summaries -----------------------------------------------------------------------------
@@ -821,12 +958,15 @@ class AuditLog:
             raise ConfigError(f"stats by must be one of {', '.join(STATS_BY)}, got {by!r}")
         unknown = set(filters) - {"since", "until", "tenant", "model", "flagged"}
         if unknown:
-            raise ConfigError(f"unknown stats filter(s) {sorted(unknown)}; use since, until, "
-                              "tenant, model, flagged")
+            raise ConfigError(
+                f"unknown stats filter(s) {sorted(unknown)}; use since, until, "
+                "tenant, model, flagged"
+            )
         groups: dict[Any, dict] = {}
         for rec in self.records(**filters):
-            key = rec.created_at[:10] if by == "day" else (rec.model if by == "model"
-                                                           else rec.tenant)
+            key = (
+                rec.created_at[:10] if by == "day" else (rec.model if by == "model" else rec.tenant)
+            )
             g = groups.setdefault(key, {"answers": 0, "flagged": 0, "scores": [], "rates": []})
             g["answers"] += 1
             rel = rec.record.get("reliability") or {}
@@ -841,15 +981,21 @@ class AuditLog:
             g = groups[key]
             scores = sorted(g["scores"])
             judged = len(scores)
-            out.append({
-                by: key, "answers": g["answers"], "flagged": g["flagged"],
-                "flagged_share": g["flagged"] / judged if judged else None,
-                "score_mean": sum(scores) / judged if judged else None,
-                "score_p10": _quantile(scores, 0.1), "score_p50": _quantile(scores, 0.5),
-                "score_p90": _quantile(scores, 0.9),
-                "intervention_rate_mean": sum(g["rates"]) / len(g["rates"]) if g["rates"]
-                else None,
-            })
+            out.append(
+                {
+                    by: key,
+                    "answers": g["answers"],
+                    "flagged": g["flagged"],
+                    "flagged_share": g["flagged"] / judged if judged else None,
+                    "score_mean": sum(scores) / judged if judged else None,
+                    "score_p10": _quantile(scores, 0.1),
+                    "score_p50": _quantile(scores, 0.5),
+                    "score_p90": _quantile(scores, 0.9),
+                    "intervention_rate_mean": sum(g["rates"]) / len(g["rates"])
+                    if g["rates"]
+                    else None,
+                }
+            )
         return out
 
 
@@ -889,10 +1035,17 @@ class StreamAudit:
         """Commit the finished answer's record (raises AuditError when it cannot: the caller then
         does not get the answer's end)."""
         self.ended = True
-        self.log.append(make_entry(id=result.id, llm=self.llm, config=self.config,
-                                   request=self.request, result=result,
-                                   latency_s=time.perf_counter() - self.t0,
-                                   content=self.log.content))
+        self.log.append(
+            make_entry(
+                id=result.id,
+                llm=self.llm,
+                config=self.config,
+                request=self.request,
+                result=result,
+                latency_s=time.perf_counter() - self.t0,
+                content=self.log.content,
+            )
+        )
 
     def abandon(self, exc: BaseException | None) -> None:
         """The stream ended before its answer did: record what it handed out."""
@@ -904,15 +1057,28 @@ class StreamAudit:
         # the caller stopped reading: it closed the stream, or cancelled the task reading it
         left = exc is None or isinstance(exc, (GeneratorExit, asyncio.CancelledError))
         reason = "abandoned" if left else "error"
-        partial = {"text": "".join(self.parts), "finish_reason": reason,
-                   "usage": {"completion_tokens": self.tokens}}
+        partial = {
+            "text": "".join(self.parts),
+            "finish_reason": reason,
+            "usage": {"completion_tokens": self.tokens},
+        }
         if reason == "error":
             partial["error"] = f"{type(exc).__name__}: {exc}"
         try:
-            self.log.append(make_entry(id=new_result_id(), llm=self.llm, config=self.config,
-                                       request=self.request, result=partial,
-                                       latency_s=time.perf_counter() - self.t0,
-                                       content=self.log.content))
+            self.log.append(
+                make_entry(
+                    id=new_result_id(),
+                    llm=self.llm,
+                    config=self.config,
+                    request=self.request,
+                    result=partial,
+                    latency_s=time.perf_counter() - self.t0,
+                    content=self.log.content,
+                )
+            )
         except Exception as e:  # never hide the stream's own end or error behind this one
-            warnings.warn(f"the audit record of a stream that ended early ({reason}) was not "
-                          f"written: {e}", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"the audit record of a stream that ended early ({reason}) was not written: {e}",
+                RuntimeWarning,
+                stacklevel=2,
+            )

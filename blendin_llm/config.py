@@ -64,8 +64,10 @@ class ReliabilityConfig:
             if isinstance(self.score_model, dict):
                 object.__setattr__(self, "score_model", ScoreModel.from_dict(self.score_model))
             elif not isinstance(self.score_model, ScoreModel):
-                raise ConfigError("ReliabilityConfig.score_model must be a ScoreModel (from a "
-                                  "profile), its dict, or None")
+                raise ConfigError(
+                    "ReliabilityConfig.score_model must be a ScoreModel (from a "
+                    "profile), its dict, or None"
+                )
         w = tuple(self.weights)
         if len(w) != 3 or any((not isinstance(x, (int, float))) or x < 0 for x in w) or sum(w) <= 0:
             raise ConfigError(
@@ -103,12 +105,19 @@ class MitigationConfig:
     intervention_cap: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_agreement", "off_agreement", "max_intervention_rate", "downweight",
-                     "decay"):
+        for name in (
+            "min_agreement",
+            "off_agreement",
+            "max_intervention_rate",
+            "downweight",
+            "decay",
+        ):
             _check_unit(f"MitigationConfig.{name}", getattr(self, name))
         if self.off_agreement > self.min_agreement:
-            raise ConfigError("MitigationConfig.off_agreement must be <= min_agreement "
-                              f"(got {self.off_agreement} > {self.min_agreement})")
+            raise ConfigError(
+                "MitigationConfig.off_agreement must be <= min_agreement "
+                f"(got {self.off_agreement} > {self.min_agreement})"
+            )
         for name in ("min_responses", "probe_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -204,8 +213,11 @@ def _real(name: str, value: Any, lo: float, hi: float, what: str, lo_open: bool 
 
 def _integer(name: str, value: Any, lo: int, what: str, hi: float = math.inf) -> int:
     """An integer (Python or numpy, not bool; numpy's bool is no numbers.Integral) in [lo, hi] as an int, else GenerationArgumentError."""
-    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-            or not lo <= int(value) <= hi):
+    if (
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool)
+        or not lo <= int(value) <= hi
+    ):
         raise GenerationArgumentError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
@@ -256,12 +268,23 @@ class SamplingParams:
 
         E = GenerationArgumentError
         put = object.__setattr__
-        put(self, "max_new_tokens",
-            _integer("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1"))
-        put(self, "temperature", _real("temperature", self.temperature, 0.0, TEMPERATURE_MAX,
-                                       f"a finite number in [0, {TEMPERATURE_MAX:g}] (0 = greedy)"))
-        put(self, "top_p", _real("top_p", self.top_p, 0.0, 1.0, "a number in (0, 1]",
-                                 lo_open=True))
+        put(
+            self,
+            "max_new_tokens",
+            _integer("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1"),
+        )
+        put(
+            self,
+            "temperature",
+            _real(
+                "temperature",
+                self.temperature,
+                0.0,
+                TEMPERATURE_MAX,
+                f"a finite number in [0, {TEMPERATURE_MAX:g}] (0 = greedy)",
+            ),
+        )
+        put(self, "top_p", _real("top_p", self.top_p, 0.0, 1.0, "a number in (0, 1]", lo_open=True))
         put(self, "top_k", _integer("top_k", self.top_k, 0, "an integer >= 0 (0 = off)"))
         if self.seed is not None:
             put(self, "seed", _integer("seed", self.seed, -math.inf, "an integer or None"))
@@ -277,20 +300,42 @@ class SamplingParams:
                 raise E("stop strings must not be empty: an empty string would match at once")
             at = lone_surrogate(s)
             if at is not None:
-                raise E(f"stop string {i} has a lone surrogate {s[at]!r} at character {at}; "
-                        "text must be valid Unicode (decode bytes with errors='replace')")
+                raise E(
+                    f"stop string {i} has a lone surrogate {s[at]!r} at character {at}; "
+                    "text must be valid Unicode (decode bytes with errors='replace')"
+                )
         put(self, "stop", tuple(dict.fromkeys(stop)))
         if self.logprobs is not None:
-            put(self, "logprobs", _integer("top_logprobs", self.logprobs, 0,
-                                           "an integer in [0, 20]", 20))
-        put(self, "repetition_penalty", _real(
-            "repetition_penalty", self.repetition_penalty, 0.0, math.inf,
-            "a finite number > 0 (1.0 = off)", lo_open=True))
+            put(
+                self,
+                "logprobs",
+                _integer("top_logprobs", self.logprobs, 0, "an integer in [0, 20]", 20),
+            )
+        put(
+            self,
+            "repetition_penalty",
+            _real(
+                "repetition_penalty",
+                self.repetition_penalty,
+                0.0,
+                math.inf,
+                "a finite number > 0 (1.0 = off)",
+                lo_open=True,
+            ),
+        )
         for name in ("frequency_penalty", "presence_penalty"):
-            put(self, name, _real(name, getattr(self, name), -2.0, 2.0,
-                                  "a number in [-2, 2] (0 = off)"))
-        put(self, "no_repeat_ngram_size", _integer(
-            "no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)"))
+            put(
+                self,
+                name,
+                _real(name, getattr(self, name), -2.0, 2.0, "a number in [-2, 2] (0 = off)"),
+            )
+        put(
+            self,
+            "no_repeat_ngram_size",
+            _integer(
+                "no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)"
+            ),
+        )
 
     @property
     def greedy(self) -> bool:
@@ -344,8 +389,13 @@ class ModelSpec:
             )
         from .text import lone_surrogate
 
-        for name in ("system_prompt", "user_prefix", "assistant_prefix", "system_prefix",
-                     "turn_separator"):
+        for name in (
+            "system_prompt",
+            "user_prefix",
+            "assistant_prefix",
+            "system_prefix",
+            "turn_separator",
+        ):
             v = getattr(self, name)
             if v is None and name == "system_prompt":
                 continue
@@ -389,8 +439,10 @@ def load_profile(path: str | Path, force: bool = False) -> dict:
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the profile {str(path)!r}: {e}") from None
     if not isinstance(data, dict) or data.get("blendin_profile") not in READABLE_VERSIONS:
-        raise ConfigError(f"{str(path)!r} is not a blendin profile (version "
-                          f"{' or '.join(map(str, READABLE_VERSIONS))})")
+        raise ConfigError(
+            f"{str(path)!r} is not a blendin profile (version "
+            f"{' or '.join(map(str, READABLE_VERSIONS))})"
+        )
     config = BlendConfig.from_dict(data.get("config") or {})
     sm = data.get("score_model")
     if sm is not None:

@@ -119,8 +119,19 @@ class _CrossVocabGuide:
     grows; a consult runs one forward pass over the new tokens after rolling back the tentative
     last token(s)."""
 
-    __slots__ = ("backend", "state", "prompt", "vmap", "eos", "last", "path", "head", "end",
-                 "seen", "committed")
+    __slots__ = (
+        "backend",
+        "state",
+        "prompt",
+        "vmap",
+        "eos",
+        "last",
+        "path",
+        "head",
+        "end",
+        "seen",
+        "committed",
+    )
 
     def __init__(self, backend: ModelBackend, prompt_ids: list[int], vmap: VocabMap) -> None:
         self.backend = backend
@@ -152,7 +163,7 @@ class _CrossVocabGuide:
         vm = self.vmap
         if not data.startswith(self.head):  # not a continuation of what was read so far
             self.path, self.head, self.end = [], b"", None
-        rest = data[len(self.head):]
+        rest = data[len(self.head) :]
         if not rest and self.end is not None:
             self.last = vm.project(self.end, width)
             return self.last, 0
@@ -162,7 +173,7 @@ class _CrossVocabGuide:
             if inside:  # the text ends inside the guide's likely token: nothing to fix yet
                 return (yield from self._inside(rest, width))
             if t >= 0:
-                first, rest = [t], rest[len(vm._g_bytes[t]):]
+                first, rest = [t], rest[len(vm._g_bytes[t]) :]
         tail = self._encode(rest)
         # the tail's tokens up to the last whole character before its last token are fixed; the
         # last one (and any that end inside a character) stay tentative: more text may extend them
@@ -202,11 +213,11 @@ class _CrossVocabGuide:
                 text, bad = data[pos:].decode(), len(data)
                 end = bad
             except UnicodeDecodeError as e:
-                text, bad, end = data[pos:pos + e.start].decode(), pos + e.start, pos + e.end
+                text, bad, end = data[pos : pos + e.start].decode(), pos + e.start, pos + e.end
             if text:
                 ids += self.backend.tokenizer(text, add_special_tokens=False)["input_ids"]
             for k in range(bad, end):  # (a vocabulary without byte tokens drops them)
-                if (t := self.vmap.guide_token(data[k:k + 1])) is not None:
+                if (t := self.vmap.guide_token(data[k : k + 1])) is not None:
                     ids.append(t)
             pos = end
         return ids
@@ -333,13 +344,20 @@ class Generation:
         self.tool_capture = tool_capture
         self.tools = tools
         self.tracker = ReliabilityTracker(
-            config, strategy.name, [g.name for g in guides],
-            gated=type(strategy).consult is Strategy.consult, trace=trace,
-            weights=guide_weights, mitigations=list(mitigations),
+            config,
+            strategy.name,
+            [g.name for g in guides],
+            gated=type(strategy).consult is Strategy.consult,
+            trace=trace,
+            weights=guide_weights,
+            mitigations=list(mitigations),
         )
         w = guide_weights
-        self.guide_weight = None if w is None or all(x == 1.0 for x in w) else \
-            torch.tensor(w, dtype=torch.float32, device=base.device)
+        self.guide_weight = (
+            None
+            if w is None or all(x == 1.0 for x in w)
+            else torch.tensor(w, dtype=torch.float32, device=base.device)
+        )
         cap = config.mitigation.intervention_cap if config.mitigation is not None else None
         self.consult = ConsultPolicy(strategy, cap)  # the gate and the intervention cap
         self.uniforms = SeedStream(params.seed)
@@ -349,8 +367,9 @@ class Generation:
         self.approx_k = min((k for k in ks if k is not None), default=None)
         self.base_approx = ks[0] is not None
         self.guides_approx = any(k is not None for k in ks[1:])
-        base.set_sampling(self.base_state, params.temperature, params.top_p, params.top_k,
-                          params.seed)
+        base.set_sampling(
+            self.base_state, params.temperature, params.top_p, params.top_k, params.seed
+        )
         # the penalties (and the mask of ids without a token): none when all are off
         self.processors = build_processors(params, self.vocab, base.n_tokens, base.device)
         self._base_logits: torch.Tensor | None = None
@@ -400,7 +419,7 @@ class Generation:
         # one device sync (shared by the batch): the base's top-k log-probs (uncertainty
         # features, agreement) and its top token
         head = yield Fetch(torch.cat([top_v, top_i[:1].to(top_v.dtype)]))
-        base_top = head[:min(NEGENTROPY_K, self.top_k)]
+        base_top = head[: min(NEGENTROPY_K, self.top_k)]
         base_top1 = math.exp(head[0])
         top_lp, top_id = top_v[0], top_i[0]
         mix = None
@@ -435,17 +454,33 @@ class Generation:
                 tok = own
         if mix is None:
             if self.params.greedy and not procs:  # the base's own top token: nothing to look up
-                c = _Choice(int(head[-1]), base_top1, base_top1, base_top1, consulted=False,
-                            base_top=base_top, base_lp=head[0], lp=head[0])
+                c = _Choice(
+                    int(head[-1]),
+                    base_top1,
+                    base_top1,
+                    base_top1,
+                    consulted=False,
+                    base_top=base_top,
+                    base_lp=head[0],
+                    lp=head[0],
+                )
             else:
                 row = torch.stack([tok.to(logd.dtype), logd[tok], logp[tok]])
                 if procs:  # the penalties made the final distribution differ from the base's
                     row = torch.cat([row, torch.topk(logd, len(base_top)).values])
                 vals = yield Fetch(row)
                 token, lp, base_lp = vals[:3]
-                c = _Choice(int(token), math.exp(lp), math.exp(base_lp), base_top1,
-                            consulted=False, base_top=base_top, base_lp=base_lp, lp=lp,
-                            final_top=vals[3:] if procs else None)
+                c = _Choice(
+                    int(token),
+                    math.exp(lp),
+                    math.exp(base_lp),
+                    base_top1,
+                    consulted=False,
+                    base_top=base_top,
+                    base_lp=base_lp,
+                    lp=lp,
+                    final_top=vals[3:] if procs else None,
+                )
         else:
             c = yield from self._consulted(tok, mix, logd, logp, top_i, base_top1, base_top, own)
         if self.top_logprobs is not None:
@@ -475,8 +510,9 @@ class Generation:
         for g in self.guides:
             g.backend.cancel(g.state)
 
-    def _own_choice(self, logp: torch.Tensor, top_id: torch.Tensor, u: float | None
-                    ) -> torch.Tensor:
+    def _own_choice(
+        self, logp: torch.Tensor, top_id: torch.Tensor, u: float | None
+    ) -> torch.Tensor:
         """The token the base alone would choose at this step: the argmax, or the draw with this
         step's uniform ``u``, of its own distribution after the penalties. A mixture that is the
         base's own distribution thus reproduces ``base_only`` token for token, sampled too."""
@@ -493,10 +529,14 @@ class Generation:
         vals, ids = torch.topk(logdist, k) if k else (logdist[:0], logdist[:0].long())
         row = yield Fetch(torch.cat([logdist[token].reshape(1), vals, ids.to(vals.dtype)]))
         return TokenLogprob(
-            token=pieces[token][0], bytes=pieces[token][1], logprob=row[0], id=token,
-            top_logprobs=[TopLogprob(token=pieces[int(i)][0], bytes=pieces[int(i)][1],
-                                     logprob=v, id=int(i))
-                          for i, v in zip(row[1 + k:], row[1:1 + k])],
+            token=pieces[token][0],
+            bytes=pieces[token][1],
+            logprob=row[0],
+            id=token,
+            top_logprobs=[
+                TopLogprob(token=pieces[int(i)][0], bytes=pieces[int(i)][1], logprob=v, id=int(i))
+                for i, v in zip(row[1 + k :], row[1 : 1 + k])
+            ],
         )
 
     def _mix(self, logp: torch.Tensor, top_lp: torch.Tensor) -> Iterator:
@@ -509,14 +549,23 @@ class Generation:
             self.guide_tokens += ran
         guide_probs = torch.stack(guide_probs)
         g_top1, g_arg = guide_probs.max(-1)
-        view = StepView(p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg],
-                        self.guide_weight)
+        view = StepView(
+            p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg], self.guide_weight
+        )
         mixed, alphas = self.strategy.combine(view)
         return _Mix(mixed, p_base, guide_probs, alphas, g_top1, g_arg)
 
-    def _consulted(self, tok: torch.Tensor, mix: _Mix, logd: torch.Tensor, logp: torch.Tensor,
-                   top_i: torch.Tensor, base_top1: float, base_top: list[float],
-                   own: torch.Tensor | None) -> Iterator:
+    def _consulted(
+        self,
+        tok: torch.Tensor,
+        mix: _Mix,
+        logd: torch.Tensor,
+        logp: torch.Tensor,
+        top_i: torch.Tensor,
+        base_top1: float,
+        base_top: list[float],
+        own: torch.Tensor | None,
+    ) -> Iterator:
         """The choice at a consulted step, with the guides' signals for the reliability record
         (read back in one transfer); ``own``: the base's own choice, when it matters."""
         mixed, p_base, guide_probs, alphas, g_top1, g_arg = mix
@@ -530,18 +579,26 @@ class Generation:
         final_top = torch.topk(logd, len(base_top)).values
         own_t = (own if own is not None else tok).to(p_base.dtype).reshape(1)
         # one device sync for the step's numbers (shared by the batch)
-        stats = yield Fetch(torch.cat([head, alphas, g_top1, agree1, agreek, js, final_top,
-                                       own_t]))
+        stats = yield Fetch(torch.cat([head, alphas, g_top1, agree1, agreek, js, final_top, own_t]))
         own_id = int(stats.pop())
         n = len(self.guides)
         token, prob, base_prob, guide_prob = stats[:4]
         cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
         self.tracker.consulted(*cols)
-        return _Choice(int(token), prob, base_prob, base_top1, consulted=True,
-                       alpha=sum(cols[0]) / n, guide_prob=guide_prob, base_top=base_top,
-                       final_top=stats[4 + 5 * n:], base_lp=math.log(max(base_prob, 1e-30)),
-                       lp=math.log(max(prob, 1e-30)),
-                       steered=own is not None and int(token) != own_id)
+        return _Choice(
+            int(token),
+            prob,
+            base_prob,
+            base_top1,
+            consulted=True,
+            alpha=sum(cols[0]) / n,
+            guide_prob=guide_prob,
+            base_top=base_top,
+            final_top=stats[4 + 5 * n :],
+            base_lp=math.log(max(base_prob, 1e-30)),
+            lp=math.log(max(prob, 1e-30)),
+            steered=own is not None and int(token) != own_id,
+        )
 
     def release(self) -> None:
         """Let go of the models' caches (after the last event, or when abandoned): a finished
@@ -599,12 +656,19 @@ class Generation:
                 self.answer_text += delta
                 emit, hit = self.stops.push(delta)
             if trace is not None:
-                trace.append(TraceEntry(
-                    index=index, token_id=c.token, text=delta,
-                    source="blend" if c.consulted else "base", alpha=c.alpha,
-                    base_top1=c.base_top1, base_prob=c.base_prob, guide_prob=c.guide_prob,
-                    prob=c.prob,
-                ))
+                trace.append(
+                    TraceEntry(
+                        index=index,
+                        token_id=c.token,
+                        text=delta,
+                        source="blend" if c.consulted else "base",
+                        alpha=c.alpha,
+                        base_top1=c.base_top1,
+                        base_prob=c.base_prob,
+                        guide_prob=c.guide_prob,
+                        prob=c.prob,
+                    )
+                )
             if eos:
                 break
             if emit or hit is None:
@@ -612,14 +676,23 @@ class Generation:
                 text_parts.append(emit)
                 if logprobs is not None:
                     logprobs.append(c.logprob)
-                yield StreamEvent(text=emit, token_id=c.token, index=index,
-                                  consulted=c.consulted, alpha=c.alpha, prob=c.prob,
-                                  logprob=c.logprob)
+                yield StreamEvent(
+                    text=emit,
+                    token_id=c.token,
+                    index=index,
+                    consulted=c.consulted,
+                    alpha=c.alpha,
+                    prob=c.prob,
+                    logprob=c.logprob,
+                )
             if hit is not None:  # a stop string ("" when a filter ended the answer)
                 finish, stop_seq, ended = "stop", hit or None, True
                 if hit:
-                    answer_end = len(self.answer_text) - len(hit) - len(
-                        getattr(_stop_matcher(self.stops), "after", ""))
+                    answer_end = (
+                        len(self.answer_text)
+                        - len(hit)
+                        - len(getattr(_stop_matcher(self.stops), "after", ""))
+                    )
                 break
             if index + 1 < self.budget:
                 self.healing = self.healing or c.steered
@@ -635,15 +708,18 @@ class Generation:
             if hit is not None:
                 finish, stop_seq = "stop", hit or stop_seq
                 if hit:
-                    answer_end = len(self.answer_text) + len(flushed) - len(hit) - len(
-                        getattr(_stop_matcher(self.stops), "after", ""))
+                    answer_end = (
+                        len(self.answer_text)
+                        + len(flushed)
+                        - len(hit)
+                        - len(getattr(_stop_matcher(self.stops), "after", ""))
+                    )
             else:
                 tail += self.stops.flush()
         text_parts.append(tail)
         # only the answer counts: tokens whose text starts where a stop string starts (or later)
         # were decoded to recognise it, and are neither counted nor scored
-        n = len(self.generated) if answer_end is None else \
-            sum(1 for s in starts if s < answer_end)
+        n = len(self.generated) if answer_end is None else sum(1 for s in starts if s < answer_end)
         if logprobs is not None:  # the answer's tokens only, as for the usage
             del logprobs[n:]
         prompt_n = len(self.base_prompt)
@@ -652,19 +728,28 @@ class Generation:
             finish_reason=finish,
             stop_sequence=stop_seq,
             token_ids=list(self.generated),
-            usage=Usage(prompt_tokens=prompt_n, completion_tokens=n, total_tokens=prompt_n + n,
-                        guide_tokens_computed=self.guide_tokens),
-            reliability=tracker.finish(capped=self.consult.capped,
-                                       intervention_cap=self.consult.cap,
-                                       answer_tokens=n, stopped=finish == "stop",
-                                       eos=eos_end, top_k_approximation=self.approx_k),
+            usage=Usage(
+                prompt_tokens=prompt_n,
+                completion_tokens=n,
+                total_tokens=prompt_n + n,
+                guide_tokens_computed=self.guide_tokens,
+            ),
+            reliability=tracker.finish(
+                capped=self.consult.capped,
+                intervention_cap=self.consult.cap,
+                answer_tokens=n,
+                stopped=finish == "stop",
+                eos=eos_end,
+                top_k_approximation=self.approx_k,
+            ),
             model=self.model_name,
             elapsed_s=time.perf_counter() - t0,
             logprobs=logprobs,
         )
         if self.tool_capture is not None and self.tool_capture.captured:
             result.tool_calls, result.invalid_tool_calls = parse_tool_calls(
-                self.tool_capture.captured, self.tools, finished=finish != "length")
+                self.tool_capture.captured, self.tools, finished=finish != "length"
+            )
             if result.tool_calls:
                 result.finish_reason = "tool_calls"
         yield StreamEvent(text=tail, done=True, result=result)

@@ -50,7 +50,7 @@ class StopMatcher:
                 best, hit = i, s
         if hit is not None:
             self.held = ""
-            self.after = buf[best + len(hit):]
+            self.after = buf[best + len(hit) :]
             return buf[:best], hit
         keep = 0
         for n in range(min(self._max_hold, len(buf)), 0, -1):

@@ -64,9 +64,18 @@ def load_backend(model: ModelLike) -> ModelBackend:
 
 
 # ``stream``'s arguments that go to ``SamplingParams`` as they are
-_PARAMS_AS_ASKED = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos",
-                    "repetition_penalty", "frequency_penalty", "presence_penalty",
-                    "no_repeat_ngram_size")
+_PARAMS_AS_ASKED = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "ignore_eos",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "no_repeat_ngram_size",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,11 +141,14 @@ class BlendedLLM:
         prefix_cache_tokens: int = 4096,
         audit: Any = None,
     ) -> None:
-        for label, n in (("max_batch_size", max_batch_size),
-                         ("prefix_cache_tokens", prefix_cache_tokens)):
+        for label, n in (
+            ("max_batch_size", max_batch_size),
+            ("prefix_cache_tokens", prefix_cache_tokens),
+        ):
             if not isinstance(n, int) or isinstance(n, bool) or n < (label == "max_batch_size"):
-                raise ConfigError(f"{label} must be an int >= {int(label == 'max_batch_size')}, "
-                                  f"got {n!r}")
+                raise ConfigError(
+                    f"{label} must be an int >= {int(label == 'max_batch_size')}, got {n!r}"
+                )
         self.config = config if config is not None else BlendConfig()
         if not isinstance(self.config, BlendConfig):
             raise ConfigError("config must be a BlendConfig")
@@ -182,9 +194,14 @@ class BlendedLLM:
         return log
 
     @classmethod
-    def from_profile(cls, path: Any, base: ModelLike | None = None,
-                     guides: Sequence[ModelLike] | ModelLike | None = None,
-                     force: bool = False, **kwargs: Any) -> BlendedLLM:
+    def from_profile(
+        cls,
+        path: Any,
+        base: ModelLike | None = None,
+        guides: Sequence[ModelLike] | ModelLike | None = None,
+        force: bool = False,
+        **kwargs: Any,
+    ) -> BlendedLLM:
         """The pair and the recommended config of a profile written by ``blendin calibrate``
         (``base``/``guides`` replace the models it names, e.g. already-loaded ones). A profile
         whose score model was fitted for other models raises ConfigError unless ``force``."""
@@ -192,9 +209,12 @@ class BlendedLLM:
 
         prof = load_profile(path, force=force)
         models = prof.get("models") or {}
-        return cls(base if base is not None else models.get("base"),
-                   guides if guides is not None else models.get("guides"),
-                   prof["config"], **kwargs)
+        return cls(
+            base if base is not None else models.get("base"),
+            guides if guides is not None else models.get("guides"),
+            prof["config"],
+            **kwargs,
+        )
 
     # -- checks ----------------------------------------------------------------------------
     def _check_models(self, force_cross: bool) -> list[VocabMap | None]:
@@ -264,16 +284,25 @@ class BlendedLLM:
         finally:
             self._lock.release()
 
-    def _prepare(self, prompt: PromptLike, params: SamplingParams, config: BlendConfig,
-                 trace: bool, tools: Any = None, tool_choice: Any = None,
-                 response_format: Any = None, parallel_tool_calls: bool = False,
-                 ) -> tuple[Generation, list[bool]]:
+    def _prepare(
+        self,
+        prompt: PromptLike,
+        params: SamplingParams,
+        config: BlendConfig,
+        trace: bool,
+        tools: Any = None,
+        tool_choice: Any = None,
+        response_format: Any = None,
+        parallel_tool_calls: bool = False,
+    ) -> tuple[Generation, list[bool]]:
         """The generation, and which of the instance's guides take part (mitigation)."""
         raw = isinstance(prompt, RawPrompt)
         if raw:
             if tools or response_format is not None:
-                raise PromptError("a raw prompt (a completion) takes no tools or "
-                                  "response_format: send chat messages for those")
+                raise PromptError(
+                    "a raw prompt (a completion) takes no tools or "
+                    "response_format: send chat messages for those"
+                )
             tools, choice, fmt, prefix = [], None, None, ""
         else:
             messages = normalize_messages(prompt)
@@ -315,25 +344,38 @@ class BlendedLLM:
         elif fmt is not None:
             filters.append(JsonAnswer())
         gen = Generation(
-            base=self.base, guides=guides, vocab_maps=vocab_maps,
-            strategy=get_strategy(config), config=config, params=params, prompt_ids=prompt_ids,
-            budget=budget, model_name=self.name, trace=trace,
-            stops=filters[0] if len(filters) == 1 else FilterChain(filters), prefix=prefix,
-            tool_capture=capture, tools=tools,
-            guide_weights=[w for w in weights if w > 0], mitigations=notes,
+            base=self.base,
+            guides=guides,
+            vocab_maps=vocab_maps,
+            strategy=get_strategy(config),
+            config=config,
+            params=params,
+            prompt_ids=prompt_ids,
+            budget=budget,
+            model_name=self.name,
+            trace=trace,
+            stops=filters[0] if len(filters) == 1 else FilterChain(filters),
+            prefix=prefix,
+            tool_capture=capture,
+            tools=tools,
+            guide_weights=[w for w in weights if w > 0],
+            mitigations=notes,
         )
         return gen, active
 
-    def _raw_ids(self, prompt: RawPrompt, guides: list[ModelBackend],
-                 vocab_maps: list[VocabMap | None]) -> list[list[int]]:
+    def _raw_ids(
+        self, prompt: RawPrompt, guides: list[ModelBackend], vocab_maps: list[VocabMap | None]
+    ) -> list[list[int]]:
         """Each model's tokens of a raw prompt: the base's ids as given (or its encoding of the
         text); a guide of the same vocabulary shares them, another encodes the text."""
         base = self.base
         if prompt.ids is not None:
             bad = [i for i in prompt.ids if i >= base.n_tokens]
             if bad:
-                raise PromptError(f"token id {bad[0]} is not in the vocabulary of {base.name!r} "
-                                  f"({base.n_tokens} tokens)")
+                raise PromptError(
+                    f"token id {bad[0]} is not in the vocabulary of {base.name!r} "
+                    f"({base.n_tokens} tokens)"
+                )
             ids = list(prompt.ids)
             text = base.tokenizer.decode(ids, skip_special_tokens=True)
         else:
@@ -393,8 +435,9 @@ class BlendedLLM:
         ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
         instance's BlendConfig for this call only.
         """
-        call = {k: v for k, v in locals().items()
-                if k not in ("self", "prompt", "config_overrides")}
+        call = {
+            k: v for k, v in locals().items() if k not in ("self", "prompt", "config_overrides")
+        }
         return self._events(*self._start(prompt, **call, **config_overrides))
 
     def _start(self, prompt: PromptLike, **kwargs: Any) -> tuple[Generation, list[bool], Any]:
@@ -410,17 +453,33 @@ class BlendedLLM:
         params = SamplingParams(
             stop=() if a["stop"] is None else a["stop"],
             logprobs=a["top_logprobs"] if a["logprobs"] or a["top_logprobs"] else None,
-            **{k: a[k] for k in _PARAMS_AS_ASKED})
-        asked = None if self.audit is None else dict(  # AUDIT: the call's parameters, as asked
-            params=dataclasses.asdict(params), tools=a["tools"], tool_choice=a["tool_choice"],
-            parallel_tool_calls=a["parallel_tool_calls"],
-            response_format=a["response_format"], trace=a["trace"], overrides=overrides)
+            **{k: a[k] for k in _PARAMS_AS_ASKED},
+        )
+        asked = (
+            None
+            if self.audit is None
+            else dict(  # AUDIT: the call's parameters, as asked
+                params=dataclasses.asdict(params),
+                tools=a["tools"],
+                tool_choice=a["tool_choice"],
+                parallel_tool_calls=a["parallel_tool_calls"],
+                response_format=a["response_format"],
+                trace=a["trace"],
+                overrides=overrides,
+            )
+        )
         if self.turn_stops and not isinstance(prompt, RawPrompt):
             params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
         config = self._resolve_config(overrides)
         gen, active = self._prepare(
-            prompt, params, config, a["trace"], a["tools"], a["tool_choice"],
-            a["response_format"], a["parallel_tool_calls"],
+            prompt,
+            params,
+            config,
+            a["trace"],
+            a["tools"],
+            a["tool_choice"],
+            a["response_format"],
+            a["parallel_tool_calls"],
         )
         return gen, active, self._audit_call(prompt, asked, config)
 
@@ -433,14 +492,17 @@ class BlendedLLM:
         if isinstance(prompt, RawPrompt):
             request = {"prompt": prompt.as_record(), "raw": True}
         else:
-            request = {"prompt": prompt} if isinstance(prompt, str) else \
-                {"messages": normalize_messages(prompt)}
+            request = (
+                {"prompt": prompt}
+                if isinstance(prompt, str)
+                else {"messages": normalize_messages(prompt)}
+            )
         return StreamAudit(self.audit, self, config, {**request, "params": asked})
 
-    def _submit(self, gen: Generation, active: list[bool], sink: Any, audit: Any = None
-                ) -> Request:
+    def _submit(self, gen: Generation, active: list[bool], sink: Any, audit: Any = None) -> Request:
         """Hand ``gen`` to the scheduler; its events go to ``sink``. With an audit log the
         answer's record is committed before its final event reaches ``sink``."""
+
         def finished(event: StreamEvent) -> None:  # on the decoding thread, before the caller
             self.guide_monitor.observe(event.result.reliability, gen.config.mitigation, active)
             if audit is not None:  # AUDIT: durable before the caller sees the end
@@ -482,8 +544,9 @@ class BlendedLLM:
         finally:
             req.cancel()
 
-    def _events(self, gen: Generation, active: list[bool], audit: Any = None
-                ) -> Iterator[StreamEvent]:
+    def _events(
+        self, gen: Generation, active: list[bool], audit: Any = None
+    ) -> Iterator[StreamEvent]:
         """``gen``'s events as the scheduler makes them. Closing the stream (or dropping it)
         frees its row at the next step; with an audit log, a stream left before its end is
         recorded as such."""
@@ -552,10 +615,17 @@ class BlendedLLM:
             raise PromptError("generate_batch takes a list of prompts (use generate for one)")
         started = [self._start(p, **kwargs) for p in prompts]
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        reqs = [self._submit(gen, active,
-                             lambda event, error, i=i: event is not None and not event.done
-                             or inbox.put((i, event, error)), audit)
-                for i, (gen, active, audit) in enumerate(started)]
+        reqs = [
+            self._submit(
+                gen,
+                active,
+                lambda event, error, i=i: (
+                    event is not None and not event.done or inbox.put((i, event, error))
+                ),
+                audit,
+            )
+            for i, (gen, active, audit) in enumerate(started)
+        ]
         results: list[BlendResult | None] = [None] * len(reqs)
         try:
             for _ in reqs:
@@ -601,8 +671,10 @@ class BlendedLLM:
         try:
             from langchain_blendin import ChatBlendIn
         except ImportError as e:
-            raise ImportError("the LangChain face is the package langchain-blendin: pip install "
-                              "./integrations/langchain-blendin") from e
+            raise ImportError(
+                "the LangChain face is the package langchain-blendin: pip install "
+                "./integrations/langchain-blendin"
+            ) from e
         return ChatBlendIn(llm=self, **kwargs)
 
     def as_llama_index(self, **kwargs: Any) -> Any:
@@ -610,10 +682,14 @@ class BlendedLLM:
         try:
             from llama_index.llms.blendin import BlendIn
         except ImportError as e:
-            raise ImportError("the LlamaIndex face is the package llama-index-llms-blendin: pip "
-                              "install ./integrations/llama-index-llms-blendin") from e
+            raise ImportError(
+                "the LlamaIndex face is the package llama-index-llms-blendin: pip "
+                "install ./integrations/llama-index-llms-blendin"
+            ) from e
         return BlendIn(llm=self, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"BlendedLLM(base={self.base.name!r}, guides={[g.name for g in self.guides]!r}, "
-                f"strategy={self.config.strategy!r})")
+        return (
+            f"BlendedLLM(base={self.base.name!r}, guides={[g.name for g in self.guides]!r}, "
+            f"strategy={self.config.strategy!r})"
+        )

@@ -58,8 +58,10 @@ class GuideMonitor:
                 if h.since_probe >= cfg.probe_every:
                     h.since_probe = 0
                     w = cfg.downweight
-                    notes.append(f"guide {h.name!r} is switched off ({h.reason}); consulted "
-                                 f"this time at weight {w:.2f} to re-measure it")
+                    notes.append(
+                        f"guide {h.name!r} is switched off ({h.reason}); consulted "
+                        f"this time at weight {w:.2f} to re-measure it"
+                    )
                 else:
                     notes.append(f"guide {h.name!r} switched off: {h.reason}")
             elif h.status == "down-weighted":
@@ -84,8 +86,11 @@ class GuideMonitor:
                 continue
             d = cfg.decay
             h.responses += 1
-            h.agreement = g.agreement_topk if h.agreement is None else \
-                d * h.agreement + (1 - d) * g.agreement_topk
+            h.agreement = (
+                g.agreement_topk
+                if h.agreement is None
+                else d * h.agreement + (1 - d) * g.agreement_topk
+            )
             u = rel.base_unsure_rate
             h.unsure_rate = u if h.unsure_rate is None else d * h.unsure_rate + (1 - d) * u
             self._judge(h, cfg)
@@ -97,13 +102,15 @@ class GuideMonitor:
         over = f"over {h.responses} responses"
         if h.agreement < cfg.off_agreement:
             h.status, h.weight = "off", 0.0
-            h.reason = (f"running agreement {h.agreement:.2f} < {cfg.off_agreement:.2f} {over}")
+            h.reason = f"running agreement {h.agreement:.2f} < {cfg.off_agreement:.2f} {over}"
         elif h.agreement < cfg.min_agreement:
             h.status, h.weight = "down-weighted", cfg.downweight
             h.reason = f"running agreement {h.agreement:.2f} < {cfg.min_agreement:.2f} {over}"
         elif h.unsure_rate > cfg.max_intervention_rate:
             h.status, h.weight = "down-weighted", cfg.downweight
-            h.reason = (f"running base-unsure rate {h.unsure_rate:.2f} > "
-                        f"{cfg.max_intervention_rate:.2f} {over}")
+            h.reason = (
+                f"running base-unsure rate {h.unsure_rate:.2f} > "
+                f"{cfg.max_intervention_rate:.2f} {over}"
+            )
         else:
             h.status, h.weight, h.reason = "ok", 1.0, ""

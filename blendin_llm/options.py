@@ -34,9 +34,22 @@ ENGINE_NAMES: Mapping[str, str] = {"max_tokens": "max_new_tokens"}
 # the per-model settings a face may have as fields, in a face's spelling (either name of a
 # renamed option); a face passes the ones it has to ``call_options`` and ``build_llm``
 OPTION_NAMES: tuple[str, ...] = (
-    "max_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-    "logprobs", "top_logprobs", "repetition_penalty", "frequency_penalty", "presence_penalty",
-    "no_repeat_ngram_size", "strategy", "gamma", "alpha",
+    "max_tokens",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "logprobs",
+    "top_logprobs",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "no_repeat_ngram_size",
+    "strategy",
+    "gamma",
+    "alpha",
 )
 # the BlendConfig fields a face may override per model (and a call per call)
 _BLEND_NAMES = frozenset(f.name for f in dataclasses.fields(BlendConfig))
@@ -65,8 +78,9 @@ def merge_stops(*stops: str | Sequence[str] | None) -> list[str] | None:
     return out or None
 
 
-def call_options(fields: Mapping[str, Any], stop: str | Sequence[str] | None = None,
-                 **call: Any) -> dict[str, Any]:
+def call_options(
+    fields: Mapping[str, Any], stop: str | Sequence[str] | None = None, **call: Any
+) -> dict[str, Any]:
     """``BlendedLLM.stream`` keyword arguments for one call of a face.
 
     Args:
@@ -94,8 +108,9 @@ def blend_overrides(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k in _BLEND_NAMES and v is not None}
 
 
-def check_settings(fields: Mapping[str, Any], owner: str,
-                   config: BlendConfig | None = None) -> BlendConfig:
+def check_settings(
+    fields: Mapping[str, Any], owner: str, config: BlendConfig | None = None
+) -> BlendConfig:
     """Checks a face's settings by the engine's own rules, before any model is loaded.
 
     Args:
@@ -114,21 +129,32 @@ def check_settings(fields: Mapping[str, Any], owner: str,
     sampling = {f.name for f in dataclasses.fields(SamplingParams)}
     kwargs = {k: v for k, v in opts.items() if k in sampling}
     kwargs["stop"] = opts["stop"] or ()
-    kwargs["logprobs"] = (opts.get("top_logprobs", 0)
-                          if opts.get("logprobs") or opts.get("top_logprobs") else None)
+    kwargs["logprobs"] = (
+        opts.get("top_logprobs", 0) if opts.get("logprobs") or opts.get("top_logprobs") else None
+    )
     try:
         SamplingParams(**kwargs)
     except GenerationArgumentError as e:
-        names = "".join(f" ({owner}'s {face} is the engine's {core})"
-                        for face, core in ENGINE_NAMES.items()
-                        if face in fields and core in str(e))
+        names = "".join(
+            f" ({owner}'s {face} is the engine's {core})"
+            for face, core in ENGINE_NAMES.items()
+            if face in fields and core in str(e)
+        )
         raise ConfigError(f"{owner}: {e}{names}") from None
     config = BlendConfig() if config is None else config
     return dataclasses.replace(config, **blend_overrides(fields))  # ConfigError for a bad value
 
 
-def build_llm(fields: Mapping[str, Any], *, owner: str, llm: Any = None, model: Any = None,
-              base: Any = None, guides: Any = None, config: Any = None) -> BlendedLLM:
+def build_llm(
+    fields: Mapping[str, Any],
+    *,
+    owner: str,
+    llm: Any = None,
+    model: Any = None,
+    base: Any = None,
+    guides: Any = None,
+    config: Any = None,
+) -> BlendedLLM:
     """The engine behind a face: ``llm`` (a loaded ``BlendedLLM``, shared), or one loaded from
     ``model`` (or ``base``), ``guides`` and ``config``. Every setting is checked first, so a bad
     one fails before anything loads.
@@ -157,24 +183,33 @@ def build_llm(fields: Mapping[str, Any], *, owner: str, llm: Any = None, model: 
         if not isinstance(llm, BlendedLLM):
             hint = f"; to load a model by name use model={llm!r}" if isinstance(llm, str) else ""
             raise ConfigError(f"llm must be a loaded BlendedLLM, got {type(llm).__name__}{hint}")
-        given = [n for n, v in (("model", model), ("base", base), ("guides", guides),
-                                ("config", config)) if v is not None]
+        given = [
+            n
+            for n, v in (("model", model), ("base", base), ("guides", guides), ("config", config))
+            if v is not None
+        ]
         if given:
-            raise ConfigError(f"pass either llm= (a loaded engine) or model=/guides=/config= "
-                              f"(an engine to load), not both; got llm= and {', '.join(given)}=")
+            raise ConfigError(
+                f"pass either llm= (a loaded engine) or model=/guides=/config= "
+                f"(an engine to load), not both; got llm= and {', '.join(given)}="
+            )
         check_settings(fields, owner, llm.config)
     else:
         if model is not None and base is not None:
             raise ConfigError("model= and base= both name the base model; pass one")
         if model is None and base is None:
-            raise ConfigError(f"{owner} needs model= (the base: a preset such as "
-                              "'gemma-3-270m', a directory, a .gguf file, a hub id) or "
-                              "llm=BlendedLLM(...)")
+            raise ConfigError(
+                f"{owner} needs model= (the base: a preset such as "
+                "'gemma-3-270m', a directory, a .gguf file, a hub id) or "
+                "llm=BlendedLLM(...)"
+            )
         if config is not None and not isinstance(config, BlendConfig):
             raise ConfigError(f"config must be a BlendConfig, got {type(config).__name__}")
         # the engine it builds has this face's strategy, gamma and alpha
-        llm = BlendedLLM(model if model is not None else base,
-                         [DEFAULT_GUIDE] if guides is None else guides,
-                         check_settings(fields, owner, config))
+        llm = BlendedLLM(
+            model if model is not None else base,
+            [DEFAULT_GUIDE] if guides is None else guides,
+            check_settings(fields, owner, config),
+        )
     llm.check_options(**blend_overrides(fields))  # e.g. a strategy that needs a guide
     return llm

@@ -13,8 +13,7 @@ if TYPE_CHECKING:
     from .llm import BlendedLLM
 
 
-def check_sources(base: str, guides: Sequence[str] | None, strategy: str = "blendin"
-                  ) -> list[str]:
+def check_sources(base: str, guides: Sequence[str] | None, strategy: str = "blendin") -> list[str]:
     """Check that every source exists (before any model loads); the guides to load: ``guides``,
     or the default guide when None (none for ``base_only``).
 
@@ -28,9 +27,16 @@ def check_sources(base: str, guides: Sequence[str] | None, strategy: str = "blen
     return list(guides)
 
 
-def build_pair(base: str, guides: Sequence[str] | None = None, *, strategy: str = "blendin",
-               gamma: float = 0.4, alpha: float | str = "auto", system_prompt: str | None = None,
-               quiet: bool = True) -> BlendedLLM:
+def build_pair(
+    base: str,
+    guides: Sequence[str] | None = None,
+    *,
+    strategy: str = "blendin",
+    gamma: float = 0.4,
+    alpha: float | str = "auto",
+    system_prompt: str | None = None,
+    quiet: bool = True,
+) -> BlendedLLM:
     """A ``BlendedLLM`` from model names.
 
     Args:

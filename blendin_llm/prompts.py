@@ -39,17 +39,24 @@ class RawPrompt:
                 raise PromptError("a raw prompt's text must be a non-empty string")
             _check_text(text, "the prompt")
         else:
-            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids or \
-                    not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                            for i in ids):
-                raise PromptError("a raw prompt's ids must be a non-empty list of token ids "
-                                  "(integers >= 0)")
+            if (
+                isinstance(ids, (str, bytes))
+                or not isinstance(ids, Sequence)
+                or not ids
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+            ):
+                raise PromptError(
+                    "a raw prompt's ids must be a non-empty list of token ids (integers >= 0)"
+                )
             ids = list(ids)
         self.text, self.ids = text, ids
 
     def __repr__(self) -> str:
-        return f"RawPrompt(text={self.text!r})" if self.ids is None else \
-            f"RawPrompt(ids=<{len(self.ids)} ids>)"
+        return (
+            f"RawPrompt(text={self.text!r})"
+            if self.ids is None
+            else f"RawPrompt(ids=<{len(self.ids)} ids>)"
+        )
 
     def as_record(self) -> str | list[int]:
         """What an audit record keeps of it."""
@@ -160,8 +167,9 @@ def turn_stops(spec: ModelSpec, tokenizer: Any) -> tuple[str, ...]:
     return (spec.turn_separator + spec.user_prefix.rstrip(),)
 
 
-def render_prompt(messages: list[Message], spec: ModelSpec, tokenizer: Any,
-                  answer_prefix: str = "") -> tuple[str, bool]:
+def render_prompt(
+    messages: list[Message], spec: ModelSpec, tokenizer: Any, answer_prefix: str = ""
+) -> tuple[str, bool]:
     """Return (prompt text, whether the tokenizer should add its special tokens). The answer
     starts with ``answer_prefix`` (a prefill), which the model continues."""
     fmt = resolved_format(spec, tokenizer)

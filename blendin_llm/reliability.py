@@ -42,9 +42,16 @@ class ReliabilityTracker:
     """Keeps each step's numbers (plain floats); ``finish()`` builds the Reliability record over
     the answer's steps."""
 
-    def __init__(self, config: BlendConfig, strategy: str, guide_names: list[str], gated: bool,
-                 trace: bool, weights: list[float] | None = None,
-                 mitigations: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: BlendConfig,
+        strategy: str,
+        guide_names: list[str],
+        gated: bool,
+        trace: bool,
+        weights: list[float] | None = None,
+        mitigations: list[str] | None = None,
+    ) -> None:
         self.config = config
         self.strategy = strategy
         self.gated = gated  # the strategy consults exactly when the base is unsure
@@ -58,14 +65,25 @@ class ReliabilityTracker:
         self.weights = weights or [1.0] * len(guide_names)
         self.mitigations = mitigations or []
 
-    def consulted(self, alphas: list[float], top1: list[float], agree1: list[float],
-                  agreek: list[float], js: list[float]) -> None:
+    def consulted(
+        self,
+        alphas: list[float],
+        top1: list[float],
+        agree1: list[float],
+        agreek: list[float],
+        js: list[float],
+    ) -> None:
         """The guides' numbers at this step (one value per guide); called before ``step``."""
         self.interventions += 1
         self._pending = (alphas, top1, agree1, agreek, js)
 
-    def step(self, base_top: Sequence[float], base_lp: float,
-             final_top: Sequence[float] | None = None, final_lp: float | None = None) -> None:
+    def step(
+        self,
+        base_top: Sequence[float],
+        base_lp: float,
+        final_top: Sequence[float] | None = None,
+        final_lp: float | None = None,
+    ) -> None:
         """One decoding step: the base's top-K log-probs (decreasing) and the chosen token's
         log-prob under the base; the same for the final distribution when it differs from the
         base's (the guides were consulted)."""
@@ -82,14 +100,28 @@ class ReliabilityTracker:
             self.steps.append(Step(final, base, unsure(b1, self.config.gamma)))
         else:
             n = len(g[0])
-            self.steps.append(Step(final, base, unsure(b1, self.config.gamma), sum(g[0]) / n,
-                                   sum(g[3]) / n, sum(g[4]) / n))
+            self.steps.append(
+                Step(
+                    final,
+                    base,
+                    unsure(b1, self.config.gamma),
+                    sum(g[0]) / n,
+                    sum(g[3]) / n,
+                    sum(g[4]) / n,
+                )
+            )
         self.guide_rows.append(g)
         self.tokens += 1
 
-    def finish(self, capped: int = 0, intervention_cap: float | None = None,
-               answer_tokens: int | None = None, stopped: bool = False,
-               eos: bool = False, top_k_approximation: int | None = None) -> Reliability:
+    def finish(
+        self,
+        capped: int = 0,
+        intervention_cap: float | None = None,
+        answer_tokens: int | None = None,
+        stopped: bool = False,
+        eos: bool = False,
+        top_k_approximation: int | None = None,
+    ) -> Reliability:
         """The record of the first ``answer_tokens`` steps (default: all), the last of which is an
         EOS token when ``eos``. Its statistics are over the answer's text tokens (the EOS step is
         counted in ``tokens`` but not scored: OpenAI-shaped log-probs, which UQLM scores, do not
@@ -107,7 +139,8 @@ class ReliabilityTracker:
 
         guides = [
             GuideStats(
-                name=name, consulted=k,
+                name=name,
+                consulted=k,
                 mean_alpha=per_guide(0, i),
                 mean_weight=None if k == 0 else per_guide(0, i) / g,
                 agreement_top1=per_guide(2, i),
@@ -133,8 +166,9 @@ class ReliabilityTracker:
         stability = 1.0 - min(1.0, unsure / (2 * cap)) if cap > 0 else float(unsure == 0)
         consensus = 1.0 if k == 0 or agree_k is None else (agree_k + (1.0 - js)) / 2
         w = rc.weights
-        score = min(1.0, max(0.0, (w[0] * confidence + w[1] * stability + w[2] * consensus)
-                             / sum(w)))
+        score = min(
+            1.0, max(0.0, (w[0] * confidence + w[1] * stability + w[2] * consensus) / sum(w))
+        )
         source, threshold, target = "weights", None, None
         if w[1] == 0 and w[2] == 0:
             source = "normalized_probability"
@@ -145,8 +179,10 @@ class ReliabilityTracker:
             score = model.predict(feats)
             source, threshold, target = "profile", model.threshold, model.target
             if score < threshold:
-                why = f"calibrated P(correct) {score:.2f} < {threshold:.2f} (threshold for " \
-                      f"{target} on the profile's fit data)"
+                why = (
+                    f"calibrated P(correct) {score:.2f} < {threshold:.2f} (threshold for "
+                    f"{target} on the profile's fit data)"
+                )
                 drivers = model.drivers(feats)
                 if drivers:
                     why += "; lowest signals: " + ", ".join(drivers)
@@ -156,8 +192,9 @@ class ReliabilityTracker:
                 source = f"{source} (profile fitted for {model.strategy!r}, not {self.strategy!r})"
             if unsure > cap:
                 what = "intervention rate" if self.gated else "base-uncertain step rate"
-                reasons.append(f"{what} {unsure:.2f} > {cap:.2f} ({round(unsure * n)} of {n} "
-                               "steps)")
+                reasons.append(
+                    f"{what} {unsure:.2f} > {cap:.2f} ({round(unsure * n)} of {n} steps)"
+                )
             if score < rc.min_score:
                 reasons.append(f"reliability score {score:.2f} < {rc.min_score:.2f}")
             if k >= rc.min_consulted and agree_k is not None and agree_k < rc.min_agreement:
@@ -167,13 +204,17 @@ class ReliabilityTracker:
                     "consulted steps)"
                 )
             if k >= rc.min_consulted and js is not None and js > rc.max_divergence:
-                reasons.append(f"mean divergence {js:.2f} > {rc.max_divergence:.2f} bits (over "
-                               f"{k} consulted steps)")
+                reasons.append(
+                    f"mean divergence {js:.2f} > {rc.max_divergence:.2f} bits (over "
+                    f"{k} consulted steps)"
+                )
 
         mitigations = list(self.mitigations)
         if capped:
-            mitigations.append(f"intervention cap {intervention_cap:.2f}: the guides were kept out "
-                               f"at {capped} step(s) where the base was unsure")
+            mitigations.append(
+                f"intervention cap {intervention_cap:.2f}: the guides were kept out "
+                f"at {capped} step(s) where the base was unsure"
+            )
         trace = self.trace
         if trace is not None:
             for e in trace[n:]:
@@ -210,8 +251,13 @@ class ReliabilityTracker:
         )
 
 
-def check_reliability(reliability: Reliability | dict, *, min_score: float | None = None,
-                      allow_flagged: bool = False, answer: str | None = None) -> None:
+def check_reliability(
+    reliability: Reliability | dict,
+    *,
+    min_score: float | None = None,
+    allow_flagged: bool = False,
+    answer: str | None = None,
+) -> None:
     """Raise ``LowReliabilityError`` when the record is flagged (unless ``allow_flagged``) or its
     score is below ``min_score``; return None otherwise."""
     from .errors import LowReliabilityError

@@ -40,8 +40,9 @@ class TraceEntry(BaseModel):
     )
     prob: float = Field(description="probability of the chosen token in the final distribution")
     scored: bool = Field(
-        True, description="False for the EOS token and for tokens decoded after the answer ended "
-        "(a stop string's): the reliability statistics leave them out"
+        True,
+        description="False for the EOS token and for tokens decoded after the answer ended "
+        "(a stop string's): the reliability statistics leave them out",
     )
 
 
@@ -73,8 +74,10 @@ class Reliability(BaseModel):
     """How far to trust one response. Every field is documented in the README."""
 
     strategy: str
-    tokens: int = Field(description="the answer's tokens (EOS included); the statistics are over "
-                        "its text tokens (EOS excluded)")
+    tokens: int = Field(
+        description="the answer's tokens (EOS included); the statistics are over "
+        "its text tokens (EOS excluded)"
+    )
     unscored_tokens: int = Field(
         0, description="tokens decoded after the answer ended (a stop string's), not scored"
     )
@@ -101,28 +104,30 @@ class Reliability(BaseModel):
         description="single-generation uncertainty features of the answer, names in "
         "blendin_llm.uncertainty.FEATURES",
     )
-    score: float = Field(description="with a profile: its calibrated P(correct) for this pair; "
-                         "without: see score_source")
+    score: float = Field(
+        description="with a profile: its calibrated P(correct) for this pair; "
+        "without: see score_source"
+    )
     score_source: str = Field(
         "normalized_probability",
         description="what the score is: 'profile' (calibrated P(correct)), "
         "'normalized_probability' (the answer's normalized probability, uncalibrated) or "
         "'weights' (ReliabilityConfig.weights over components)",
     )
-    threshold: float | None = Field(
-        None, description="with a profile: flagged = score < threshold"
-    )
+    threshold: float | None = Field(None, description="with a profile: flagged = score < threshold")
     flag_target: str | None = Field(
-        None, description="with a profile: the target the threshold was chosen for on its fit "
-        "data, e.g. 'precision=0.9' (kept answers) or 'recall=0.8' (wrong answers flagged)"
+        None,
+        description="with a profile: the target the threshold was chosen for on its fit "
+        "data, e.g. 'precision=0.9' (kept answers) or 'recall=0.8' (wrong answers flagged)",
     )
     components: ScoreComponents
     flagged: bool
     reasons: list[str] = Field(default_factory=list)
     top_k_approximation: int | None = Field(
-        None, description="k when a model was known by its top-k log-probs only (a remote "
+        None,
+        description="k when a model was known by its top-k log-probs only (a remote "
         "server): the choice was made among the union of the top-k lists, and the signals were "
-        "computed from them; None when every distribution was whole"
+        "computed from them; None when every distribution was whole",
     )
     mitigations: list[str] = Field(
         default_factory=list,
@@ -136,8 +141,12 @@ class TopLogprob(BaseModel):
     token: str
     bytes: list[int]
     logprob: float
-    id: int | None = Field(None, exclude=True, description="the token's id in the base's "
-                              "vocabulary (not in OpenAI's shape: left out of dumps)")
+    id: int | None = Field(
+        None,
+        exclude=True,
+        description="the token's id in the base's "
+        "vocabulary (not in OpenAI's shape: left out of dumps)",
+    )
 
 
 class TokenLogprob(BaseModel):
@@ -147,8 +156,12 @@ class TokenLogprob(BaseModel):
     bytes: list[int]
     logprob: float
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
-    id: int | None = Field(None, exclude=True, description="the token's id in the base's "
-                              "vocabulary (not in OpenAI's shape: left out of dumps)")
+    id: int | None = Field(
+        None,
+        exclude=True,
+        description="the token's id in the base's "
+        "vocabulary (not in OpenAI's shape: left out of dumps)",
+    )
 
 
 def new_result_id() -> str:
@@ -157,8 +170,10 @@ def new_result_id() -> str:
 
 
 class BlendResult(BaseModel):
-    id: str = Field(default_factory=new_result_id,
-                    description="this answer's id, unique (the key of its audit record)")
+    id: str = Field(
+        default_factory=new_result_id,
+        description="this answer's id, unique (the key of its audit record)",
+    )
     text: str = Field(description="the answer's text (tool-call markup excluded)")
     finish_reason: Literal["stop", "length", "tool_calls"]
     stop_sequence: str | None = Field(

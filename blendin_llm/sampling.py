@@ -114,8 +114,7 @@ class FrequencyPresencePenalty:
 
     __slots__ = ("frequency", "presence", "counts")
 
-    def __init__(self, frequency: float, presence: float, width: int,
-                 device: torch.device) -> None:
+    def __init__(self, frequency: float, presence: float, width: int, device: torch.device) -> None:
         self.frequency = frequency
         self.presence = presence
         self.counts = torch.zeros(width, dtype=torch.float32, device=device)
@@ -144,7 +143,7 @@ class NoRepeatNGram:
         k = self.n - 1
         if len(self.history) < k:
             return logd
-        banned = self.seen.get(tuple(self.history[len(self.history) - k:]))
+        banned = self.seen.get(tuple(self.history[len(self.history) - k :]))
         if not banned:
             return logd
         out = logd.index_fill(0, torch.tensor(sorted(banned), device=logd.device), _NEG_INF)
@@ -154,7 +153,7 @@ class NoRepeatNGram:
         h = self.history
         h.append(token)
         if len(h) >= self.n:
-            gram = tuple(h[len(h) - self.n:])
+            gram = tuple(h[len(h) - self.n :])
             self.seen.setdefault(gram[:-1], set()).add(gram[-1])
 
 
@@ -169,15 +168,16 @@ class NoTokenMask:
 
     def __call__(self, logd: torch.Tensor) -> torch.Tensor:
         out = logd.clone()
-        out[self.start:] = _NEG_INF
+        out[self.start :] = _NEG_INF
         return out
 
     def push(self, token: int) -> None:
         pass
 
 
-def build_processors(params: SamplingParams, width: int, n_tokens: int,
-                     device: torch.device) -> list[LogitsProcessor]:
+def build_processors(
+    params: SamplingParams, width: int, n_tokens: int, device: torch.device
+) -> list[LogitsProcessor]:
     """The processors a call needs, in order; empty when every penalty is off (then the choice is
     exactly what it is without them). ``width``: the logits' width; ``n_tokens``: how many ids
     the tokenizer has (ids past it are masked)."""
@@ -187,8 +187,11 @@ def build_processors(params: SamplingParams, width: int, n_tokens: int,
     if params.repetition_penalty != 1.0:
         procs.append(RepetitionPenalty(params.repetition_penalty, width, device))
     if params.frequency_penalty or params.presence_penalty:
-        procs.append(FrequencyPresencePenalty(params.frequency_penalty, params.presence_penalty,
-                                              width, device))
+        procs.append(
+            FrequencyPresencePenalty(
+                params.frequency_penalty, params.presence_penalty, width, device
+            )
+        )
     if params.no_repeat_ngram_size:
         procs.append(NoRepeatNGram(params.no_repeat_ngram_size))
     return procs

@@ -36,11 +36,21 @@ Sink = Callable[[StreamEvent | None, BaseException | None], None]
 class Request:
     """One call's decoding: its coroutine, where its events go, and whether it was abandoned."""
 
-    __slots__ = ("gen", "steps", "sink", "on_done", "item", "cancelled", "over", "submitted",
-                 "admitted")
+    __slots__ = (
+        "gen",
+        "steps",
+        "sink",
+        "on_done",
+        "item",
+        "cancelled",
+        "over",
+        "submitted",
+        "admitted",
+    )
 
-    def __init__(self, gen: Generation, sink: Sink,
-                 on_done: Callable[[StreamEvent], None] | None = None) -> None:
+    def __init__(
+        self, gen: Generation, sink: Sink, on_done: Callable[[StreamEvent], None] | None = None
+    ) -> None:
         self.gen = gen
         self.steps: Iterator | None = None
         self.sink = sink
@@ -72,8 +82,13 @@ class Scheduler:
         idle_s: how long the thread waits for work before it ends (a new call starts it again).
     """
 
-    def __init__(self, lock: threading.Lock, max_batch_size: int = 16, idle_s: float = 2.0,
-                 name: str = "blendin") -> None:
+    def __init__(
+        self,
+        lock: threading.Lock,
+        max_batch_size: int = 16,
+        idle_s: float = 2.0,
+        name: str = "blendin",
+    ) -> None:
         self.lock = lock
         self.max_batch_size = max_batch_size
         self.idle_s = idle_s
@@ -86,14 +101,16 @@ class Scheduler:
         self.max_rows = 0  # the most rows one step ran
 
     # -- the callers' side -------------------------------------------------------------------
-    def submit(self, gen: Generation, sink: Sink,
-               on_done: Callable[[StreamEvent], None] | None = None) -> Request:
+    def submit(
+        self, gen: Generation, sink: Sink, on_done: Callable[[StreamEvent], None] | None = None
+    ) -> Request:
         req = Request(gen, sink, on_done)
         with self._cv:
             self._waiting.append(req)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=f"{self.name}-decode",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name=f"{self.name}-decode", daemon=True
+                )
                 self._thread.start()
             self._cv.notify()
         return req
@@ -201,7 +218,8 @@ class Scheduler:
             items = [r.item for r in group]
             try:
                 logits = items[0].backend.forward_batch(
-                    [f.state for f in items], [f.ids for f in items], [f.n_last for f in items])
+                    [f.state for f in items], [f.ids for f in items], [f.n_last for f in items]
+                )
             except BaseException as e:
                 for r in group:
                     self._fail(r, e)
@@ -221,7 +239,7 @@ class Scheduler:
         at = 0
         for r, t in zip(rows, tensors):
             n = t.shape[0]
-            self._advance(r, values[at:at + n])
+            self._advance(r, values[at : at + n])
             at += n
 
     def _fail(self, r: Request, error: BaseException) -> None:

@@ -32,15 +32,22 @@ from typing import Any
 from .errors import ConfigError
 
 FEATURE_LABELS = {
-    "norm_prob": "answer probability (normalized)", "min_prob": "lowest token probability",
-    "mean_negentropy": "mean token negentropy", "min_negentropy": "lowest token negentropy",
-    "mean_margin": "mean top-1/top-2 margin", "intervention_rate": "intervention rate",
-    "base_unsure_rate": "base-unsure rate", "alpha_mean": "mean guide weight (alpha)",
-    "alpha_std": "spread of alpha", "guide_weight": "guides' share of the answer",
-    "agreement_topk": "guide agreement", "divergence_mean": "mean base/guide divergence",
+    "norm_prob": "answer probability (normalized)",
+    "min_prob": "lowest token probability",
+    "mean_negentropy": "mean token negentropy",
+    "min_negentropy": "lowest token negentropy",
+    "mean_margin": "mean top-1/top-2 margin",
+    "intervention_rate": "intervention rate",
+    "base_unsure_rate": "base-unsure rate",
+    "alpha_mean": "mean guide weight (alpha)",
+    "alpha_std": "spread of alpha",
+    "guide_weight": "guides' share of the answer",
+    "agreement_topk": "guide agreement",
+    "divergence_mean": "mean base/guide divergence",
     "divergence_max": "largest base/guide divergence",
     "divergence_early": "divergence early in the answer",
-    "divergence_late": "divergence late in the answer", "log_tokens": "answer length",
+    "divergence_late": "divergence late in the answer",
+    "log_tokens": "answer length",
     "stopped": "answer ended by itself",
 }
 
@@ -60,9 +67,11 @@ def parse_target(text: str) -> tuple[str, float]:
     except ValueError:
         v = float("nan")
     if not eq or kind not in ("precision", "recall") or not 0.0 < v <= 1.0:
-        raise ConfigError(f"flag target {text!r} must be precision=P (share of kept answers that "
-                          "are right) or recall=R (share of wrong answers flagged), P and R in "
-                          "(0, 1]")
+        raise ConfigError(
+            f"flag target {text!r} must be precision=P (share of kept answers that "
+            "are right) or recall=R (share of wrong answers flagged), P and R in "
+            "(0, 1]"
+        )
     return kind, v
 
 
@@ -130,10 +139,18 @@ class ScoreModel:
 
     def drivers(self, feats: dict, n: int = 2) -> list[str]:
         """The ``n`` features that pulled this answer's score down the most, in words."""
-        parts = sorted(((c * x, name, feats.get(name)) for c, x, name in
-                        zip(self.coef, self._z(feats), self.features)), key=lambda t: t[0])
-        return [f"{_label(name)} {v:.2f}" if isinstance(v, (int, float)) else _label(name)
-                for contrib, name, v in parts[:n] if contrib < 0]
+        parts = sorted(
+            (
+                (c * x, name, feats.get(name))
+                for c, x, name in zip(self.coef, self._z(feats), self.features)
+            ),
+            key=lambda t: t[0],
+        )
+        return [
+            f"{_label(name)} {v:.2f}" if isinstance(v, (int, float)) else _label(name)
+            for contrib, name, v in parts[:n]
+            if contrib < 0
+        ]
 
     def applies_to(self, strategy: str) -> bool:
         return strategy == self.strategy
@@ -174,8 +191,10 @@ class ScoreModel:
         except ConfigError:
             raise
         except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"the profile's score model is malformed ({e}); recreate it with "
-                              "`blendin calibrate`") from None
+            raise ConfigError(
+                f"the profile's score model is malformed ({e}); recreate it with "
+                "`blendin calibrate`"
+            ) from None
 
 
 def _sigmoid(x: float) -> float:
@@ -191,8 +210,11 @@ _VOLATILE = {"transformers_version", "torch_dtype", "dtype", "use_cache", "name_
 
 def _clean(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in sorted(obj.items())
-                if not str(k).startswith("_") and k not in _VOLATILE}
+        return {
+            k: _clean(v)
+            for k, v in sorted(obj.items())
+            if not str(k).startswith("_") and k not in _VOLATILE
+        }
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj

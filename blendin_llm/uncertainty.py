@@ -48,9 +48,20 @@ from collections.abc import Sequence
 NEGENTROPY_K = 15
 
 WHITE_BOX = ("norm_prob", "min_prob", "mean_negentropy", "min_negentropy", "mean_margin")
-BLEND = ("intervention_rate", "base_unsure_rate", "alpha_mean", "alpha_std", "guide_weight",
-         "agreement_topk", "divergence_mean", "divergence_max", "divergence_early",
-         "divergence_late", "log_tokens", "stopped")
+BLEND = (
+    "intervention_rate",
+    "base_unsure_rate",
+    "alpha_mean",
+    "alpha_std",
+    "guide_weight",
+    "agreement_topk",
+    "divergence_mean",
+    "divergence_max",
+    "divergence_early",
+    "divergence_late",
+    "log_tokens",
+    "stopped",
+)
 #: Every feature, in a stable order (a profile names the ones its model uses).
 FEATURES: tuple[str, ...] = WHITE_BOX + tuple("base_" + f for f in WHITE_BOX) + BLEND
 #: The single-number baselines an evaluation compares the score with (higher = more confident).
@@ -78,8 +89,15 @@ class Step:
 
     __slots__ = ("final", "base", "unsure", "alpha", "agreek", "js")
 
-    def __init__(self, final: tuple, base: tuple, unsure: bool, alpha: float | None = None,
-                 agreek: float | None = None, js: float | None = None) -> None:
+    def __init__(
+        self,
+        final: tuple,
+        base: tuple,
+        unsure: bool,
+        alpha: float | None = None,
+        agreek: float | None = None,
+        js: float | None = None,
+    ) -> None:
         self.final, self.base, self.unsure = final, base, unsure
         self.alpha, self.agreek, self.js = alpha, agreek, js
 
@@ -112,18 +130,20 @@ def features(steps: Sequence[Step], stopped: bool) -> dict[str, float | None]:
     half = n / 2
     early = sum(s.js for i, s in enumerate(steps) if s.js is not None and i < half)
     late = sum(s.js for i, s in enumerate(steps) if s.js is not None and i >= half)
-    out.update({
-        "intervention_rate": k / n,
-        "base_unsure_rate": sum(s.unsure for s in steps) / n,
-        "alpha_mean": a_mean,
-        "alpha_std": math.sqrt(sum((a - a_mean) ** 2 for a in alphas) / k) if k else 0.0,
-        "guide_weight": sum(alphas) / n,
-        "agreement_topk": sum(s.agreek for s in consulted) / k if k else 1.0,
-        "divergence_mean": sum(js) / k if k else 0.0,
-        "divergence_max": max(js) if k else 0.0,
-        "divergence_early": early / max(1.0, math.ceil(half)),
-        "divergence_late": late / max(1.0, n - math.ceil(half)),
-        "log_tokens": math.log1p(n),
-        "stopped": 1.0 if stopped else 0.0,
-    })
+    out.update(
+        {
+            "intervention_rate": k / n,
+            "base_unsure_rate": sum(s.unsure for s in steps) / n,
+            "alpha_mean": a_mean,
+            "alpha_std": math.sqrt(sum((a - a_mean) ** 2 for a in alphas) / k) if k else 0.0,
+            "guide_weight": sum(alphas) / n,
+            "agreement_topk": sum(s.agreek for s in consulted) / k if k else 1.0,
+            "divergence_mean": sum(js) / k if k else 0.0,
+            "divergence_max": max(js) if k else 0.0,
+            "divergence_early": early / max(1.0, math.ceil(half)),
+            "divergence_late": late / max(1.0, n - math.ceil(half)),
+            "log_tokens": math.log1p(n),
+            "stopped": 1.0 if stopped else 0.0,
+        }
+    )
     return out

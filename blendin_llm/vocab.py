@@ -35,8 +35,11 @@ _TINY = 1e-30
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """The GPT-2 byte-level alphabet: printable stand-in character -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -109,8 +112,9 @@ def vocab_fingerprint(tokenizer: Any) -> str:
 class VocabMap:
     """Guide token id -> base token id, with the counts of how each was matched."""
 
-    def __init__(self, guide_tokenizer: Any, base_tokenizer: Any, base_eos: int,
-                 guide_width: int) -> None:
+    def __init__(
+        self, guide_tokenizer: Any, base_tokenizer: Any, base_eos: int, guide_width: int
+    ) -> None:
         g_bytes, g_special = token_bytes(guide_tokenizer)
         b_bytes, b_special = token_bytes(base_tokenizer)
         byte_fallback = set(byte_fallback_ids(base_tokenizer))
@@ -146,8 +150,11 @@ class VocabMap:
         g_fallback = set(byte_fallback_ids(guide_tokenizer))
         g_index: dict[bytes, int] = {}
         for i, b in enumerate(g_bytes):
-            if b and i not in g_special and (
-                    b not in g_index or g_index[b] in g_fallback and i not in g_fallback):
+            if (
+                b
+                and i not in g_special
+                and (b not in g_index or g_index[b] in g_fallback and i not in g_fallback)
+            ):
                 g_index[b] = i
         self._g_index = g_index
         self._g_longest = max(map(len, g_index), default=1)
@@ -162,8 +169,9 @@ class VocabMap:
             hit = self._index.get(b[:n])
             if hit is not None:
                 return hit, "prefix"
-        ids = self._base_tokenizer(b.decode("utf-8", "replace"),
-                                   add_special_tokens=False)["input_ids"]
+        ids = self._base_tokenizer(b.decode("utf-8", "replace"), add_special_tokens=False)[
+            "input_ids"
+        ]
         return (ids[0] if ids else self._eos), "retokenized"
 
     def continuations(self, guide_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,10 +187,12 @@ class VocabMap:
                 if not b.startswith(s):
                     break
                 ids.append(self._sorted_ids[k])
-                base.append(self.base_token_for(b[len(s):])[0])
+                base.append(self.base_token_for(b[len(s) :])[0])
             dev = self.guide_to_base.device
-            got = (torch.tensor(ids, dtype=torch.long, device=dev),
-                   torch.tensor(base, dtype=torch.long, device=dev))
+            got = (
+                torch.tensor(ids, dtype=torch.long, device=dev),
+                torch.tensor(base, dtype=torch.long, device=dev),
+            )
             self._continuations[guide_id] = got
         return got
 
@@ -209,8 +219,11 @@ class VocabMap:
         can differ (SmolLM2 writes a blank line as ``"\\n"`` + ``"\\n"`` and then a code fence;
         after the single token ``"\\n\\n"``, which it rarely writes itself, it continues
         differently), so following it is what keeps ``guide_only`` on the guide's own answer."""
-        ids = [i for n in range(1, min(len(text), self._g_longest) + 1)
-               if (i := self._g_index.get(text[:n])) is not None]
+        ids = [
+            i
+            for n in range(1, min(len(text), self._g_longest) + 1)
+            if (i := self._g_index.get(text[:n])) is not None
+        ]
         lo, hi = self._extension_range(text)
         best_p, best = -1.0, None
         if ids:
@@ -225,8 +238,7 @@ class VocabMap:
             return -1, False
         return best, False
 
-    def project_extensions(self, probs: torch.Tensor, text: bytes,
-                           base_width: int) -> torch.Tensor:
+    def project_extensions(self, probs: torch.Tensor, text: bytes, base_width: int) -> torch.Tensor:
         """The guide's next-text distribution in base space when the committed text ends inside
         a guide token and no guide token is exactly the text: each guide token t that extends the
         text gives its probability (renormalised over those tokens) to the base token of what it
@@ -235,8 +247,9 @@ class VocabMap:
         if got is None:
             lo, hi = self._extension_range(text)
             ids = self._sorted_ids_t[lo:hi]
-            base = [self.base_token_for(self._sorted_bytes[k][len(text):])[0]
-                    for k in range(lo, hi)]
+            base = [
+                self.base_token_for(self._sorted_bytes[k][len(text) :])[0] for k in range(lo, hi)
+            ]
             dev = self.guide_to_base.device
             got = (ids.to(dev), torch.tensor(base, dtype=torch.long, device=dev))
             if len(self._extensions) > 4096:
@@ -262,8 +275,9 @@ class VocabMap:
         out = torch.zeros(base_width, dtype=guide_probs.dtype, device=guide_probs.device)
         return out.index_add_(0, self.guide_to_base[:n], guide_probs)
 
-    def project_healed(self, before: torch.Tensor, after: torch.Tensor, last: int,
-                       base_width: int) -> torch.Tensor:
+    def project_healed(
+        self, before: torch.Tensor, after: torch.Tensor, last: int, base_width: int
+    ) -> torch.Tensor:
         """The guide's next-text distribution in base space, marginalised over its last token.
 
         ``before`` is the guide's distribution for its last token ``last`` (whose text s ends the
@@ -288,8 +302,12 @@ class VocabMap:
         return out / z
 
     def stats(self) -> dict[str, int]:
-        return {"exact": self.exact, "prefix": self.prefix, "retokenized": self.retokenized,
-                "special": self.special}
+        return {
+            "exact": self.exact,
+            "prefix": self.prefix,
+            "retokenized": self.retokenized,
+            "special": self.special,
+        }
 
 
 _MAPS: dict[tuple[str, str, int], VocabMap] = {}

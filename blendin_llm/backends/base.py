@@ -77,7 +77,7 @@ class ModelBackend(ABC):
         if at is not None:  # from tool descriptions, call arguments, a template: any text part
             raise PromptError(
                 f"the prompt rendered for {self.name!r} has a lone surrogate {text[at]!r} at "
-                f"character {at} (...{text[max(0, at - 30):at]!r}); it is not valid Unicode "
+                f"character {at} (...{text[max(0, at - 30) : at]!r}); it is not valid Unicode "
                 "text: remove it from the messages, tools or schema, or decode them with "
                 "errors='replace'"
             )
@@ -100,7 +100,8 @@ class ModelBackend(ABC):
             raw, specials = token_bytes(self.tokenizer)
             raw += [None] * max(0, self.logits_width - len(raw))
             pieces = [
-                (b.decode("utf-8", errors="replace"), list(b)) if b is not None
+                (b.decode("utf-8", errors="replace"), list(b))
+                if b is not None
                 else ((t := specials.get(i, "")), list(t.encode()))
                 for i, b in enumerate(raw)
             ]
@@ -117,8 +118,9 @@ class ModelBackend(ABC):
         token that follows (with ``n_last > 1``: [n_last, logits_width] for the last ``n_last``
         positions, ``n_last <= len(ids)``). Cached positions are never recomputed."""
 
-    def forward_batch(self, states: list[SequenceState], ids: list[list[int]],
-                      n_last: list[int]) -> list[torch.Tensor]:
+    def forward_batch(
+        self, states: list[SequenceState], ids: list[list[int]], n_last: list[int]
+    ) -> list[torch.Tensor]:
         """``forward`` for several sequences at once (continuous batching): one result per
         sequence, each exactly what ``forward`` gives for it. This default runs them one by one;
         a backend that can share a pass among sequences overrides it. A backend whose calls
@@ -139,8 +141,9 @@ class ModelBackend(ABC):
         took part (``Generation``)."""
         return None
 
-    def set_sampling(self, state: SequenceState, temperature: float, top_p: float, top_k: int,
-                     seed: int | None) -> None:
+    def set_sampling(
+        self, state: SequenceState, temperature: float, top_p: float, top_k: int, seed: int | None
+    ) -> None:
         """How the sequence of ``state`` samples, for a backend that samples ahead by itself (a
         remote server proposing a chunk of tokens); others ignore it."""
 

@@ -52,8 +52,10 @@ class Slot:
         """The row's past as views into the batch's buffers (no copy)."""
         b, i = self.batch, self.index
         start = b.used - b.lens[i]
-        return RowKV([layer.buf_k[i:i + 1, :, start:b.used] for layer in b.layers],
-                     [layer.buf_v[i:i + 1, :, start:b.used] for layer in b.layers])
+        return RowKV(
+            [layer.buf_k[i : i + 1, :, start : b.used] for layer in b.layers],
+            [layer.buf_v[i : i + 1, :, start : b.used] for layer in b.layers],
+        )
 
 
 def own_row(cache: Any) -> RowKV | None:
@@ -79,13 +81,14 @@ class _Layer(DynamicLayer):
         n, heads, _, dim = key_states.shape
         shape = (n, heads, b.capacity, dim)
         self.buf_k = key_states.new_zeros(shape)
-        self.buf_v = value_states.new_zeros((n, value_states.shape[1], b.capacity,
-                                             value_states.shape[-1]))
+        self.buf_v = value_states.new_zeros(
+            (n, value_states.shape[1], b.capacity, value_states.shape[-1])
+        )
         for i, past in enumerate(b.pasts):
             if past is not None and b.lens[i]:
                 start = b.used - b.lens[i]
-                self.buf_k[i, :, start:b.used] = past.keys[self.index][0]
-                self.buf_v[i, :, start:b.used] = past.values[self.index][0]
+                self.buf_k[i, :, start : b.used] = past.keys[self.index][0]
+                self.buf_v[i, :, start : b.used] = past.values[self.index][0]
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
@@ -94,11 +97,12 @@ class _Layer(DynamicLayer):
         for name in ("buf_k", "buf_v"):
             old = getattr(self, name)
             new = old.new_zeros((*old.shape[:2], cap, old.shape[-1]))
-            new[:, :, :old.shape[2]] = old
+            new[:, :, : old.shape[2]] = old
             setattr(self, name, new)
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.buf_k is None:
             self.lazy_initialization(key_states, value_states)
         elif self.buf_k.shape[2] < self.batch.capacity:
@@ -128,8 +132,14 @@ class KVBatch:
         reserve: columns to reserve beyond the longest past (grown further when needed).
     """
 
-    def __init__(self, pasts: list[RowKV | None], lens: list[int], n_layers: int,
-                 device: torch.device, reserve: int) -> None:
+    def __init__(
+        self,
+        pasts: list[RowKV | None],
+        lens: list[int],
+        n_layers: int,
+        device: torch.device,
+        reserve: int,
+    ) -> None:
         self.pasts = pasts  # only until every layer copied them in (the first forward)
         self.lens = list(lens)
         self.used = max(lens) if lens else 0
@@ -137,7 +147,7 @@ class KVBatch:
         n = len(lens)
         self.mask = torch.zeros((n, self.capacity), dtype=torch.long, device=device)
         for i, length in enumerate(lens):
-            self.mask[i, self.used - length:self.used] = 1
+            self.mask[i, self.used - length : self.used] = 1
         self.layers = [_Layer(self, i) for i in range(n_layers)]
         self.cache = Cache(layers=self.layers)
 
@@ -148,11 +158,12 @@ class KVBatch:
             return
         self.capacity = max(need, self.capacity + self.capacity // 2 + 16)
         mask = self.mask.new_zeros((self.mask.shape[0], self.capacity))
-        mask[:, :self.mask.shape[1]] = self.mask
+        mask[:, : self.mask.shape[1]] = self.mask
         self.mask = mask
 
-    def forward(self, model: Any, ids: list[list[int]], n_last: int,
-                holes: bool = False) -> torch.Tensor:
+    def forward(
+        self, model: Any, ids: list[list[int]], n_last: int, holes: bool = False
+    ) -> torch.Tensor:
         """Run every row on its ``ids``; float32 logits of the last ``n_last`` positions
         ``[rows, n_last, width]`` (a row's own are the last of its tokens it asked for).
 
@@ -172,20 +183,27 @@ class KVBatch:
         end = self.used + t
         if ragged:  # left padding of the new tokens; positions continue each row's own count
             for i, n in enumerate(news):
-                self.mask[i, end - n:end] = 1
+                self.mask[i, end - n : end] = 1
             positions = torch.tensor(
-                [[length] * (t - n) + list(range(length, length + n))
-                 for length, n in zip(self.lens, news)], dtype=torch.long, device=device)
+                [
+                    [length] * (t - n) + list(range(length, length + n))
+                    for length, n in zip(self.lens, news)
+                ],
+                dtype=torch.long,
+                device=device,
+            )
             ids = [[x[0]] * (t - len(x)) + x for x in ids]
         else:
-            self.mask[:, self.used:end] = 1
+            self.mask[:, self.used : end] = 1
             lens = torch.tensor(self.lens, dtype=torch.long, device=device)
             positions = lens[:, None] + torch.arange(t, device=device)
         padded = ragged or any(length < self.used for length in self.lens)
         out = model(
             input_ids=torch.tensor(ids, dtype=torch.long, device=device),
             attention_mask=self.mask[:, :end] if padded else None,
-            position_ids=positions, past_key_values=self.cache, use_cache=True,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
             logits_to_keep=n_last,
         )
         self.pasts = []
@@ -204,9 +222,9 @@ class KVBatch:
             start = self.used - length
             for layer in self.layers:
                 for buf in (layer.buf_k, layer.buf_v):
-                    buf[i, :, start + gap:self.used + gap] = buf[i, :, start:self.used].clone()
-            self.mask[i, start:start + gap] = 0
-            self.mask[i, start + gap:self.used + gap] = 1
+                    buf[i, :, start + gap : self.used + gap] = buf[i, :, start : self.used].clone()
+            self.mask[i, start : start + gap] = 0
+            self.mask[i, start + gap : self.used + gap] = 1
 
 
 class PrefixCache:
@@ -223,14 +241,16 @@ class PrefixCache:
     def __init__(self, max_tokens: int = 4096, min_tokens: int = 8) -> None:
         self.max_tokens = max_tokens
         self.min_tokens = min_tokens
-        self._entries: OrderedDict[tuple[int, ...], tuple[RowKV, torch.Tensor | None]] = \
+        self._entries: OrderedDict[tuple[int, ...], tuple[RowKV, torch.Tensor | None]] = (
             OrderedDict()
+        )
         self._tokens = 0
         self.hits = 0  # prompt tokens served from the cache
         self.misses = 0  # prompt tokens computed
 
-    def lookup(self, ids: list[int], n_last: int = 1
-               ) -> tuple[int, RowKV | None, torch.Tensor | None]:
+    def lookup(
+        self, ids: list[int], n_last: int = 1
+    ) -> tuple[int, RowKV | None, torch.Tensor | None]:
         """(how many leading tokens of ``ids`` are cached, their past (views), and the next-token
         logits when all of ``ids`` is a cached prompt and ``n_last == 1``). Otherwise at least
         ``n_last`` tokens are left to run."""
@@ -256,8 +276,9 @@ class PrefixCache:
         self.hits += best
         return best, self._entries[found][0].crop(best), None
 
-    def store(self, ids: list[int], row: RowKV, logits: torch.Tensor | None,
-              computed: int = 0) -> None:
+    def store(
+        self, ids: list[int], row: RowKV, logits: torch.Tensor | None, computed: int = 0
+    ) -> None:
         """Keep the past of prompt ``ids`` (copied) and its next-token ``logits``."""
         self.misses += computed
         if self.max_tokens <= 0 or len(ids) < self.min_tokens or len(ids) > self.max_tokens:
@@ -266,9 +287,10 @@ class PrefixCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
-        self._entries[key] = (RowKV([k.clone() for k in row.keys],
-                                    [v.clone() for v in row.values]),
-                              None if logits is None else logits.clone())
+        self._entries[key] = (
+            RowKV([k.clone() for k in row.keys], [v.clone() for v in row.values]),
+            None if logits is None else logits.clone(),
+        )
         self._tokens += len(key)
         while self._tokens > self.max_tokens:
             old, _ = self._entries.popitem(last=False)

@@ -75,13 +75,18 @@ class _Chunk:
         """``tokens`` are this chunk's prefix and then its own tokens, as far as they go."""
         s = len(self.prefix)
         n = min(len(tokens) - s, len(self.tokens))
-        return n >= 0 and tokens[s:s + n] == self.tokens[:n] and tokens[:s] == self.prefix
+        return n >= 0 and tokens[s : s + n] == self.tokens[:n] and tokens[:s] == self.prefix
 
     def pending(self, tokens: list[int], p: int) -> bool:
         """The distribution after ``tokens[:p]`` is still to arrive in this chunk."""
         s, n = len(self.prefix), len(self.tops)
-        return not self.done and len(self.tokens) == n and s + n <= p < s + self.limit \
-            and p <= len(tokens) and self.follows(tokens[:p])
+        return (
+            not self.done
+            and len(self.tokens) == n
+            and s + n <= p < s + self.limit
+            and p <= len(tokens)
+            and self.follows(tokens[:p])
+        )
 
 
 class _RemoteState:
@@ -95,15 +100,19 @@ class _RemoteState:
         self.sampling: tuple[float, float, int, int | None] = (0.0, 1.0, 0, None)
         self.cancelled = False
 
-    def lookup(self, tokens: list[int], p: int
-               ) -> tuple[tuple[list[int], list[float]], int | None] | None:
+    def lookup(
+        self, tokens: list[int], p: int
+    ) -> tuple[tuple[list[int], list[float]], int | None] | None:
         """The distribution after ``tokens[:p]`` and the server's token there (None if unknown),
         if a chunk has them: the chunk's prefix is ``tokens``'s and the tokens since are the
         chunk's own."""
         for ch in self.chunks:
             s = len(ch.prefix)
-            if s <= p < s + len(ch.tops) and tokens[s:p] == ch.tokens[:p - s] \
-                    and tokens[:s] == ch.prefix:
+            if (
+                s <= p < s + len(ch.tops)
+                and tokens[s:p] == ch.tokens[: p - s]
+                and tokens[:s] == ch.prefix
+            ):
                 return ch.tops[p - s], ch.tokens[p - s] if p - s < len(ch.tokens) else None
         return None
 
@@ -123,8 +132,9 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="blendin-remote",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="blendin-remote", daemon=True
+        )
         self.thread.start()
 
     def submit(self, coro: Any) -> concurrent.futures.Future:
@@ -175,30 +185,51 @@ class RemoteModel(ModelBackend):
         ModelLoadError: the tokenizer cannot be loaded.
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
-                 tokenizer: Any = None, top_k: int = 20, chunk: int = 32,
-                 stream: bool = True,
-                 timeout: float = 60.0, retries: int = 2, backoff: float = 0.25,
-                 token_ids: bool = True, context_length: int | None = None,
-                 eos_token_ids: Sequence[int] | None = None, name: str | None = None,
-                 spec: ModelSpec | None = None, max_connections: int = 32, check: bool = True,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        tokenizer: Any = None,
+        top_k: int = 20,
+        chunk: int = 32,
+        stream: bool = True,
+        timeout: float = 60.0,
+        retries: int = 2,
+        backoff: float = 0.25,
+        token_ids: bool = True,
+        context_length: int | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        name: str | None = None,
+        spec: ModelSpec | None = None,
+        max_connections: int = 32,
+        check: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         import httpx
 
         from ..errors import ConfigError
 
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must be an http(s) URL such as "
-                              f"'http://localhost:8000/v1', got {base_url!r}")
+            raise ConfigError(
+                f"base_url must be an http(s) URL such as "
+                f"'http://localhost:8000/v1', got {base_url!r}"
+            )
         if not isinstance(model, str) or not model:
             raise ConfigError("model must be the served model's name")
-        for what, v, lo in (("top_k", top_k, 1), ("chunk", chunk, 1), ("retries", retries, 0),
-                            ("max_connections", max_connections, 1)):
+        for what, v, lo in (
+            ("top_k", top_k, 1),
+            ("chunk", chunk, 1),
+            ("retries", retries, 0),
+            ("max_connections", max_connections, 1),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ConfigError(f"RemoteModel {what} must be an integer >= {lo}, got {v!r}")
         if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ConfigError(f"RemoteModel timeout must be a number of seconds > 0, got "
-                              f"{timeout!r}")
+            raise ConfigError(
+                f"RemoteModel timeout must be a number of seconds > 0, got {timeout!r}"
+            )
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.top_k = top_k
@@ -217,16 +248,18 @@ class RemoteModel(ModelBackend):
             import dataclasses
 
             self.spec = dataclasses.replace(self.spec, name=name or model)
-        self.tokenizer, self._eos = self._load_tokenizer(tokenizer if tokenizer is not None
-                                                         else model, eos_token_ids)
+        self.tokenizer, self._eos = self._load_tokenizer(
+            tokenizer if tokenizer is not None else model, eos_token_ids
+        )
         self._width = max(len(self.tokenizer), max(self.tokenizer.get_vocab().values()) + 1)
         self._context = context_length
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             hdrs["Authorization"] = f"Bearer {api_key}"
         self._headers = hdrs
-        self._limits = httpx.Limits(max_connections=max_connections,
-                                    max_keepalive_connections=max_connections)
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._loop = _Loop()
         self._client = self._loop.submit(self._make_client()).result()
         self._text_ids: dict[str, int] | None = None
@@ -237,8 +270,12 @@ class RemoteModel(ModelBackend):
     async def _make_client(self) -> Any:
         import httpx
 
-        return httpx.AsyncClient(base_url=self.base_url, headers=self._headers,
-                                 timeout=httpx.Timeout(self.timeout), limits=self._limits)
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=httpx.Timeout(self.timeout),
+            limits=self._limits,
+        )
 
     def _load_tokenizer(self, source: Any, eos: Sequence[int] | None) -> tuple[Any, frozenset]:
         if isinstance(source, str):
@@ -250,7 +287,8 @@ class RemoteModel(ModelBackend):
                 raise ModelLoadError(
                     f"cannot load the tokenizer of remote model {self.model!r} from {source!r} "
                     f"({type(e).__name__}: {str(e)[:200]}); pass tokenizer=<a local directory "
-                    "with the served model's tokenizer files>") from None
+                    "with the served model's tokenizer files>"
+                ) from None
         else:
             tok = source
         ids = set(eos or ())
@@ -265,6 +303,7 @@ class RemoteModel(ModelBackend):
 
     def _check(self) -> None:
         """The server serves ``model``; its context length, when it reports one."""
+
         async def get() -> Any:
             return await self._client.get("/models", timeout=min(self.timeout, 10.0))
 
@@ -273,15 +312,19 @@ class RemoteModel(ModelBackend):
         except Exception as e:
             raise RemoteModelError(
                 f"cannot reach {self.base_url} ({type(e).__name__}: {e}); is the server "
-                "running? (RemoteModel(check=False) skips this check)") from None
+                "running? (RemoteModel(check=False) skips this check)"
+            ) from None
         if r.status_code != 200:
-            raise RemoteModelError(f"{self.base_url}/models answered {r.status_code}: "
-                                   f"{_server_message(r)}", r.status_code)
+            raise RemoteModelError(
+                f"{self.base_url}/models answered {r.status_code}: {_server_message(r)}",
+                r.status_code,
+            )
         data = r.json().get("data") or []
         served = {m.get("id"): m for m in data if isinstance(m, dict)}
         if self.model not in served:
-            raise RemoteModelError(f"{self.base_url} does not serve {self.model!r}; it serves "
-                                   f"{sorted(served)}")
+            raise RemoteModelError(
+                f"{self.base_url} does not serve {self.model!r}; it serves {sorted(served)}"
+            )
         if self._context is None:
             n = served[self.model].get("max_model_len")
             self._context = int(n) if isinstance(n, int) and n > 0 else None
@@ -319,8 +362,9 @@ class RemoteModel(ModelBackend):
     def new_state(self) -> SequenceState:
         return SequenceState(_RemoteState())
 
-    def set_sampling(self, state: SequenceState, temperature: float, top_p: float, top_k: int,
-                     seed: int | None) -> None:
+    def set_sampling(
+        self, state: SequenceState, temperature: float, top_p: float, top_k: int, seed: int | None
+    ) -> None:
         state.cache.sampling = (temperature, top_p, top_k, seed)
 
     def proposal(self, state: SequenceState) -> int | None:
@@ -348,8 +392,9 @@ class RemoteModel(ModelBackend):
             raise out
         return out
 
-    def forward_batch(self, states: list[SequenceState], ids: list[list[int]],
-                      n_last: list[int]) -> list[Any]:
+    def forward_batch(
+        self, states: list[SequenceState], ids: list[list[int]], n_last: list[int]
+    ) -> list[Any]:
         """The distributions after the last ``n_last`` positions of each sequence: from the
         chunks it has (no request), waiting for a chunk that is still arriving when it follows
         the sequence, or from a new request (the old one closed), made concurrently for all
@@ -377,8 +422,13 @@ class RemoteModel(ModelBackend):
                 if head is not None and head.pending(s.tokens, p):
                     waiting = True  # it is on its way
                     continue
-                if head is not None and head.done and head.error is not None and \
-                        len(head.prefix) + len(head.tops) == p and head.follows(s.tokens[:p]):
+                if (
+                    head is not None
+                    and head.done
+                    and head.error is not None
+                    and len(head.prefix) + len(head.tops) == p
+                    and head.follows(s.tokens[:p])
+                ):
                     out[j] = head.error  # the request for this very position failed
                     del todo[j]
                     continue
@@ -430,20 +480,26 @@ class RemoteModel(ModelBackend):
         if self._context is not None:
             n = min(n, self._context - len(prefix))
             if n < 1:
-                raise RemoteModelError(f"the sequence fills {self.model!r}'s context of "
-                                       f"{self._context} tokens")
+                raise RemoteModelError(
+                    f"the sequence fills {self.model!r}'s context of {self._context} tokens"
+                )
         temperature, top_p, top_k, seed = st.sampling
         body: dict[str, Any] = {
-            "model": self.model, "max_tokens": n, "logprobs": self.top_k,
-            "temperature": temperature, "ignore_eos": True, "stream": self.stream,
+            "model": self.model,
+            "max_tokens": n,
+            "logprobs": self.top_k,
+            "temperature": temperature,
+            "ignore_eos": True,
+            "stream": self.stream,
         }
         if self.token_ids:
             body["prompt"] = prefix
             body["return_tokens_as_token_ids"] = True
         else:
             bos = self.tokenizer.bos_token_id
-            body["prompt"] = self.tokenizer.decode(prefix[1:] if prefix and prefix[0] == bos
-                                                   else prefix, skip_special_tokens=False)
+            body["prompt"] = self.tokenizer.decode(
+                prefix[1:] if prefix and prefix[0] == bos else prefix, skip_special_tokens=False
+            )
         if temperature > 0:
             body["top_p"] = top_p
             if top_k:
@@ -468,13 +524,15 @@ class RemoteModel(ModelBackend):
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.retried += 1
-                    await asyncio.sleep(getattr(error, "retry_after", None)
-                                        or self.backoff * 2 ** (attempt - 1))
+                    await asyncio.sleep(
+                        getattr(error, "retry_after", None) or self.backoff * 2 ** (attempt - 1)
+                    )
                 self.requests += 1
                 try:
                     if self.stream:
-                        async with self._client.stream("POST", "/completions",
-                                                       content=content) as r:
+                        async with self._client.stream(
+                            "POST", "/completions", content=content
+                        ) as r:
                             if r.status_code != 200:
                                 await r.aread()
                                 error = self._status_error(r)
@@ -495,8 +553,9 @@ class RemoteModel(ModelBackend):
                         try:
                             answer = r.json()
                         except ValueError:
-                            raise RemoteModelError(f"{self.base_url} answered with no JSON: "
-                                                   f"{r.text[:200]!r}") from None
+                            raise RemoteModelError(
+                                f"{self.base_url} answered with no JSON: {r.text[:200]!r}"
+                            ) from None
                         self._add(ch, answer)
                     if not ch.tops:
                         raise self._no_logprobs()
@@ -505,10 +564,12 @@ class RemoteModel(ModelBackend):
                     error = RemoteTimeoutError(
                         f"{self.base_url} did not answer within {self.timeout:g} s "
                         f"({type(e).__name__}); raise RemoteModel(timeout=...) or check the "
-                        "server's load")
+                        "server's load"
+                    )
                 except httpx.TransportError as e:
-                    error = RemoteModelError(f"cannot reach {self.base_url} "
-                                             f"({type(e).__name__}: {e})")
+                    error = RemoteModelError(
+                        f"cannot reach {self.base_url} ({type(e).__name__}: {e})"
+                    )
                 if ch.tops:  # part arrived: the next request starts where it broke off
                     return
             assert error is not None
@@ -526,26 +587,33 @@ class RemoteModel(ModelBackend):
         """The error of a non-200 answer: retried (429, 5xx) or raised at once (the others)."""
         msg = _server_message(r)
         if r.status_code == 429 or r.status_code >= 500:
-            error = RemoteModelError(f"{self.base_url} answered {r.status_code} "
-                                     f"{self.retries + 1} times: {msg}", r.status_code)
+            error = RemoteModelError(
+                f"{self.base_url} answered {r.status_code} {self.retries + 1} times: {msg}",
+                r.status_code,
+            )
             ra = r.headers.get("retry-after")
             error.retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
             return error
-        raise RemoteModelError(f"{self.base_url} refused the request ({r.status_code}): "
-                               f"{msg}{self._hint(msg)}", r.status_code)
+        raise RemoteModelError(
+            f"{self.base_url} refused the request ({r.status_code}): {msg}{self._hint(msg)}",
+            r.status_code,
+        )
 
     def _no_logprobs(self) -> RemoteModelError:
         return RemoteModelError(
             f"{self.base_url} answered without top log-probs for model {self.model!r}: "
             "RemoteModel needs a /v1/completions endpoint that returns 'logprobs' with "
-            "'top_logprobs' for every token (vLLM and SGLang do; llama.cpp: set n_probs)")
+            "'top_logprobs' for every token (vLLM and SGLang do; llama.cpp: set n_probs)"
+        )
 
     def _hint(self, msg: str) -> str:
         m = msg.lower()
         if "logprob" in m:
-            return (f"; RemoteModel asks for top_k={self.top_k} log-probs per token: start "
-                    f"vLLM with --max-logprobs {self.top_k} or more, or lower "
-                    "RemoteModel(top_k=...)")
+            return (
+                f"; RemoteModel asks for top_k={self.top_k} log-probs per token: start "
+                f"vLLM with --max-logprobs {self.top_k} or more, or lower "
+                "RemoteModel(top_k=...)"
+            )
         if "prompt" in m and self.token_ids:
             return "; if the server takes only text prompts, use RemoteModel(token_ids=False)"
         return ""
@@ -554,13 +622,15 @@ class RemoteModel(ModelBackend):
         """Put the tokens of a completions answer (or a streamed piece of one) into ``ch``;
         True when the chunk cannot go on (a token the local tokenizer does not know)."""
         if isinstance(answer, dict) and answer.get("error"):
-            raise RemoteModelError(f"{self.base_url} failed while answering: "
-                                   f"{_server_message_of(answer)}")
+            raise RemoteModelError(
+                f"{self.base_url} failed while answering: {_server_message_of(answer)}"
+            )
         try:
             choices = answer["choices"]
         except (KeyError, TypeError):
-            raise RemoteModelError(f"{self.base_url} answered with no completion choice: "
-                                   f"{str(answer)[:200]!r}") from None
+            raise RemoteModelError(
+                f"{self.base_url} answered with no completion choice: {str(answer)[:200]!r}"
+            ) from None
         if not choices:  # a usage-only piece of a stream
             return False
         choice = choices[0]
@@ -577,7 +647,8 @@ class RemoteModel(ModelBackend):
                 raise RemoteModelError(
                     f"{self.base_url} returned {len(top)} top log-probs where {want} were "
                     f"asked (position {len(ch.tops)}): the server caps them (vLLM: "
-                    "--max-logprobs); lower RemoteModel(top_k=...) to what it allows")
+                    "--max-logprobs); lower RemoteModel(top_k=...) to what it allows"
+                )
             pairs = {}
             for k, v in top.items():
                 i = self._token_id(k)
@@ -587,7 +658,8 @@ class RemoteModel(ModelBackend):
                 raise RemoteModelError(
                     f"{self.base_url} returned top log-probs of tokens the local tokenizer of "
                     f"{self.model!r} does not know ({list(top)[:5]}): pass the served model's "
-                    "tokenizer, or use token ids (RemoteModel(token_ids=True))")
+                    "tokenizer, or use token ids (RemoteModel(token_ids=True))"
+                )
             t = self._token_id(tok)
             ch.tops.append((list(pairs), list(pairs.values())))
             if t is None:  # text that is no one token's (a piece of a character): the chunk

@@ -58,8 +58,11 @@ class TransformersBackend(ModelBackend):
 
     def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec | None = None) -> None:
         if spec is None:
-            spec = ModelSpec(source=getattr(model, "name_or_path", "") or type(model).__name__,
-                             model=model, tokenizer=tokenizer)
+            spec = ModelSpec(
+                source=getattr(model, "name_or_path", "") or type(model).__name__,
+                model=model,
+                tokenizer=tokenizer,
+            )
         if not spec.source and not spec.name:
             label = getattr(model, "name_or_path", "") or type(model).__name__
             spec = dataclasses.replace(spec, name=label)
@@ -78,7 +81,8 @@ class TransformersBackend(ModelBackend):
         # sliding-window layers count masked padding inside their window: no padding there
         types = getattr(self._config, "layer_types", None) or ()
         self._sliding = bool(getattr(self._config, "sliding_window", None)) and (
-            not types or any("sliding" in str(x) for x in types))
+            not types or any("sliding" in str(x) for x in types)
+        )
         # pasts of recent prompts (``PrefixCache``); None turns it off
         self.prefix_cache: PrefixCache | None = PrefixCache()
 
@@ -100,7 +104,8 @@ class TransformersBackend(ModelBackend):
             warnings.warn(
                 f"model {self.name!r} has {self._width} logits but its tokenizer only {n_tok} "
                 f"token ids; ids {n_tok}..{self._width - 1} have no text and are never chosen",
-                UserWarning, stacklevel=4,
+                UserWarning,
+                stacklevel=4,
             )
         return n_tok
 
@@ -162,8 +167,9 @@ class TransformersBackend(ModelBackend):
     def forward(self, state: SequenceState, ids: list[int], n_last: int = 1) -> torch.Tensor:
         return self.forward_batch([state], [ids], [n_last])[0]
 
-    def forward_batch(self, states: list[SequenceState], ids: list[list[int]],
-                      n_last: list[int]) -> list[torch.Tensor]:
+    def forward_batch(
+        self, states: list[SequenceState], ids: list[list[int]], n_last: list[int]
+    ) -> list[torch.Tensor]:
         """One forward pass per group of sequences that feed the same number of tokens (a decoding
         step: all of them), each group a ``KVBatch``. A group that is the batch of the previous
         pass, row for row, runs in it as it is; otherwise its rows are copied into a new one. A
@@ -200,26 +206,40 @@ class TransformersBackend(ModelBackend):
                 key = "several"
             groups.setdefault(key, []).append(i)
         for key, rows in groups.items():  # (each row's logits are its own last positions)
-            logits = self._run_group([states[i] for i in rows], [ids[i] for i in rows],
-                                     max(n_last[i] for i in rows), holes=key == "several")
+            logits = self._run_group(
+                [states[i] for i in rows],
+                [ids[i] for i in rows],
+                max(n_last[i] for i in rows),
+                holes=key == "several",
+            )
             for j, i in enumerate(rows):
-                row = logits[j, -n_last[i]:]
+                row = logits[j, -n_last[i] :]
                 out[i] = row[-1] if n_last[i] == 1 else row
         if cache is not None:
             for i in prompts:
                 if ids[i]:  # computed (in part)
-                    cache.store(states[i].tokens, own_row(states[i].cache),
-                                out[i] if n_last[i] == 1 else None, computed=len(ids[i]))
+                    cache.store(
+                        states[i].tokens,
+                        own_row(states[i].cache),
+                        out[i] if n_last[i] == 1 else None,
+                        computed=len(ids[i]),
+                    )
         return out  # type: ignore[return-value]
 
-    def _run_group(self, states: list[SequenceState], ids: list[list[int]],
-                   n_last: int, holes: bool = False) -> torch.Tensor:
+    def _run_group(
+        self, states: list[SequenceState], ids: list[list[int]], n_last: int, holes: bool = False
+    ) -> torch.Tensor:
         """Run rows that feed the same number of tokens (or prompts); logits
         ``[rows, n_last, width]``."""
         batch = self._reusable(states)
         if batch is None:
-            batch = KVBatch([own_row(s.cache) for s in states], [len(s.tokens) for s in states],
-                            self._n_layers, self.device, reserve=max(map(len, ids)) + 32)
+            batch = KVBatch(
+                [own_row(s.cache) for s in states],
+                [len(s.tokens) for s in states],
+                self._n_layers,
+                self.device,
+                reserve=max(map(len, ids)) + 32,
+            )
         logits = batch.forward(self.model, ids, n_last, holes=holes)
         for i, (s, new) in enumerate(zip(states, ids)):
             s.tokens.extend(new)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         import click.exceptions as click  # type: ignore[no-redef]
 
     args = list(sys.argv[1:] if argv is None else argv)
-    options = args[:args.index("--")] if "--" in args else args
+    options = args[: args.index("--")] if "--" in args else args
     if "--debug" in options:  # accepted anywhere, not only before the command
         state.debug = True
         args.remove("--debug")
@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug, or a failure the library does not type yet
         if state.debug:
             traceback.print_exception(exc)
-        print(f"error: {_one_line(f'{type(exc).__name__}: {exc}')} (an unexpected failure; "
-              "rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: {_one_line(f'{type(exc).__name__}: {exc}')} (an unexpected failure; "
+            "rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         rc = 1
     sys.exit(rc or 0)

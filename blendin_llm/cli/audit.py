@@ -17,11 +17,14 @@ if TYPE_CHECKING:
 
 
 # -- blendin audit: check, list, show, export and summarise an audit log ---------------------------
-audit_app = typer.Typer(no_args_is_help=True,
-                        help="Check, list, show, export and summarise an audit log.")
+audit_app = typer.Typer(
+    no_args_is_help=True, help="Check, list, show, export and summarise an audit log."
+)
 app.add_typer(audit_app, name="audit")
-_AUDIT_HELP = ("the audit log: sqlite:///relative.db, sqlite:////absolute.db, a file path, or "
-               "postgresql://user@host:port/db (default: $BLENDIN_AUDIT)")
+_AUDIT_HELP = (
+    "the audit log: sqlite:///relative.db, sqlite:////absolute.db, a file path, or "
+    "postgresql://user@host:port/db (default: $BLENDIN_AUDIT)"
+)
 
 
 def _audit_log(url: str):
@@ -30,8 +33,13 @@ def _audit_log(url: str):
     return AuditLog.open(url)
 
 
-def _audit_filters(since: str | None, until: str | None, tenant: str | None, model: str | None,
-                   flagged: bool | None) -> dict[str, Any]:
+def _audit_filters(
+    since: str | None,
+    until: str | None,
+    tenant: str | None,
+    model: str | None,
+    flagged: bool | None,
+) -> dict[str, Any]:
     return dict(since=since, until=until, tenant=tenant, model=model, flagged=flagged)
 
 
@@ -45,49 +53,82 @@ _FLAGGED = typer.Option(None, "--flagged/--not-flagged", help="only flagged / un
 @audit_app.command("verify")
 def audit_verify(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
-    anchor: str | None = typer.Option(None, help="a head hash printed by an earlier verify: "
-                                         "fail if the chain no longer contains it (truncated)"),
+    anchor: str | None = typer.Option(
+        None,
+        help="a head hash printed by an earlier verify: "
+        "fail if the chain no longer contains it (truncated)",
+    ),
 ) -> None:
     """Check the hash chain; exit 1 naming the first record that was edited, deleted or moved."""
     with _errors():
         with _audit_log(audit) as log:
             rep = log.verify(anchor=anchor)
     if not rep.ok:
-        where = (f"record {rep.first_bad_seq} (id {rep.first_bad})" if rep.first_bad is not None
-                 else "the chain")
-        print(f"error: audit log NOT intact: {where}: {rep.reason} ({rep.checked} record(s) "
-              "read)", file=sys.stderr, flush=True)
+        where = (
+            f"record {rep.first_bad_seq} (id {rep.first_bad})"
+            if rep.first_bad is not None
+            else "the chain"
+        )
+        print(
+            f"error: audit log NOT intact: {where}: {rep.reason} ({rep.checked} record(s) read)",
+            file=sys.stderr,
+            flush=True,
+        )
         raise typer.Exit(1)
-    print(f"ok: {rep.checked} record(s), chain intact; head seq {rep.head_seq}, hash {rep.head}",
-          flush=True)
+    print(
+        f"ok: {rep.checked} record(s), chain intact; head seq {rep.head_seq}, hash {rep.head}",
+        flush=True,
+    )
 
 
 @audit_app.command("list")
 def audit_list(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
-    since: str | None = _SINCE, until: str | None = _UNTIL,
-    tenant: str | None = _TENANT, model: str | None = _MODEL,
+    since: str | None = _SINCE,
+    until: str | None = _UNTIL,
+    tenant: str | None = _TENANT,
+    model: str | None = _MODEL,
     flagged: bool | None = _FLAGGED,
     limit: int | None = typer.Option(None, help="at most this many records"),
 ) -> None:
     """List records in chain order (one line each)."""
     t = Table(title="audit records", title_justify="left")
-    for col in ("seq", "time (UTC)", "id", "tenant", "model", "finish", "tokens", "score",
-                "flagged"):
-        t.add_column(col, justify="right" if col in ("seq", "tokens", "score") else "left",
-                     overflow="fold")
+    for col in (
+        "seq",
+        "time (UTC)",
+        "id",
+        "tenant",
+        "model",
+        "finish",
+        "tokens",
+        "score",
+        "flagged",
+    ):
+        t.add_column(
+            col, justify="right" if col in ("seq", "tokens", "score") else "left", overflow="fold"
+        )
     with _errors():
         with _audit_log(audit) as log:
-            for r in log.records(limit=limit, **_audit_filters(since, until, tenant, model,
-                                                                flagged)):
+            for r in log.records(
+                limit=limit, **_audit_filters(since, until, tenant, model, flagged)
+            ):
                 resp = r.record.get("response") or {}
                 tokens = (resp.get("usage") or {}).get("completion_tokens")
-                t.add_row(str(r.seq), r.created_at[:19].replace("T", " "), r.id, r.tenant or "-",
-                          r.model, str(resp.get("finish_reason", "-")),
-                          "-" if tokens is None else str(tokens),
-                          "-" if r.score is None else f"{r.score:.2f}",
-                          "-" if r.flagged is None else Text("yes", style="bold red")
-                          if r.flagged else "no")
+                t.add_row(
+                    str(r.seq),
+                    r.created_at[:19].replace("T", " "),
+                    r.id,
+                    r.tenant or "-",
+                    r.model,
+                    str(resp.get("finish_reason", "-")),
+                    "-" if tokens is None else str(tokens),
+                    "-" if r.score is None else f"{r.score:.2f}",
+                    "-"
+                    if r.flagged is None
+                    else Text("yes", style="bold red")
+                    if r.flagged
+                    else "no",
+                )
     out.print(t)
 
 
@@ -105,19 +146,39 @@ def audit_show(
     out.print_json(json.dumps(rec.to_dict(), ensure_ascii=False))
 
 
-_CSV_FIELDS = ("seq", "id", "created_at", "tenant", "user", "model", "config_hash", "flagged",
-               "score", "finish_reason", "intervention_rate", "latency_s", "hash", "prev_hash",
-               "record")
+_CSV_FIELDS = (
+    "seq",
+    "id",
+    "created_at",
+    "tenant",
+    "user",
+    "model",
+    "config_hash",
+    "flagged",
+    "score",
+    "finish_reason",
+    "intervention_rate",
+    "latency_s",
+    "hash",
+    "prev_hash",
+    "record",
+)
 
 
 @audit_app.command("export")
 def audit_export(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl (one whole record a line) or csv "
-                            "(the columns, and the record as JSON in its last column)"),
+    fmt: str = typer.Option(
+        "jsonl",
+        "--format",
+        help="jsonl (one whole record a line) or csv "
+        "(the columns, and the record as JSON in its last column)",
+    ),
     output: str | None = typer.Option(None, "--output", "-o", help="file (default: stdout)"),
-    since: str | None = _SINCE, until: str | None = _UNTIL,
-    tenant: str | None = _TENANT, model: str | None = _MODEL,
+    since: str | None = _SINCE,
+    until: str | None = _UNTIL,
+    tenant: str | None = _TENANT,
+    model: str | None = _MODEL,
     flagged: bool | None = _FLAGGED,
     limit: int | None = typer.Option(None, help="at most this many records"),
 ) -> None:
@@ -138,21 +199,32 @@ def audit_export(
             writer = csv.DictWriter(dest, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
             if writer is not None:
                 writer.writeheader()
-            for r in log.records(limit=limit, **_audit_filters(since, until, tenant, model,
-                                                                flagged)):
+            for r in log.records(
+                limit=limit, **_audit_filters(since, until, tenant, model, flagged)
+            ):
                 if writer is None:
                     dest.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
                 else:
                     rel = r.record.get("reliability") or {}
-                    writer.writerow({
-                        "seq": r.seq, "id": r.id, "created_at": r.created_at, "tenant": r.tenant,
-                        "user": r.user, "model": r.model, "config_hash": r.config_hash,
-                        "flagged": r.flagged, "score": r.score,
-                        "finish_reason": (r.record.get("response") or {}).get("finish_reason"),
-                        "intervention_rate": rel.get("intervention_rate"),
-                        "latency_s": r.record.get("latency_s"), "hash": r.hash,
-                        "prev_hash": r.prev_hash,
-                        "record": json.dumps(r.record, ensure_ascii=False, sort_keys=True)})
+                    writer.writerow(
+                        {
+                            "seq": r.seq,
+                            "id": r.id,
+                            "created_at": r.created_at,
+                            "tenant": r.tenant,
+                            "user": r.user,
+                            "model": r.model,
+                            "config_hash": r.config_hash,
+                            "flagged": r.flagged,
+                            "score": r.score,
+                            "finish_reason": (r.record.get("response") or {}).get("finish_reason"),
+                            "intervention_rate": rel.get("intervention_rate"),
+                            "latency_s": r.record.get("latency_s"),
+                            "hash": r.hash,
+                            "prev_hash": r.prev_hash,
+                            "record": json.dumps(r.record, ensure_ascii=False, sort_keys=True),
+                        }
+                    )
                 n += 1
         finally:
             log.close()
@@ -166,8 +238,10 @@ def audit_export(
 def audit_stats(
     audit: str = typer.Option(..., "--audit", envvar="BLENDIN_AUDIT", help=_AUDIT_HELP),
     by: str = typer.Option("day", help="day, model or tenant"),
-    since: str | None = _SINCE, until: str | None = _UNTIL,
-    tenant: str | None = _TENANT, model: str | None = _MODEL,
+    since: str | None = _SINCE,
+    until: str | None = _UNTIL,
+    tenant: str | None = _TENANT,
+    model: str | None = _MODEL,
     flagged: bool | None = _FLAGGED,
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
 ) -> None:
@@ -183,12 +257,22 @@ def audit_stats(
         return "-" if x is None else fmt.format(x)
 
     t = Table(title=f"audit stats by {by}", title_justify="left")
-    for col in (by, "answers", "flagged", "score mean", "score p10 / p50 / p90",
-                "intervention rate"):
+    for col in (
+        by,
+        "answers",
+        "flagged",
+        "score mean",
+        "score p10 / p50 / p90",
+        "intervention rate",
+    ):
         t.add_column(col, justify="left" if col == by else "right")
     for r in rows:
-        t.add_row("-" if r[by] is None else str(r[by]), str(r["answers"]),
-                  f"{r['flagged']} ({f(r['flagged_share'], '{:.0%}')})", f(r["score_mean"]),
-                  f"{f(r['score_p10'])} / {f(r['score_p50'])} / {f(r['score_p90'])}",
-                  f(r["intervention_rate_mean"], "{:.1%}"))
+        t.add_row(
+            "-" if r[by] is None else str(r[by]),
+            str(r["answers"]),
+            f"{r['flagged']} ({f(r['flagged_share'], '{:.0%}')})",
+            f(r["score_mean"]),
+            f"{f(r['score_p10'])} / {f(r['score_p50'])} / {f(r['score_p90'])}",
+            f(r["intervention_rate_mean"], "{:.1%}"),
+        )
     out.print(t)

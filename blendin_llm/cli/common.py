@@ -15,8 +15,11 @@ from rich.console import Console
 
 from ..errors import BlendInError, ConfigError, GenerationArgumentError, PromptError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Blend a small aligned guide model into a larger base model.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Blend a small aligned guide model into a larger base model.",
+)
 models_app = typer.Typer(no_args_is_help=True, help="List, fetch and inspect model presets.")
 app.add_typer(models_app, name="models")
 out = Console()
@@ -33,8 +36,9 @@ state = _State()
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug",
-                                     help="on an error, show the full traceback too")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="on an error, show the full traceback too"),
+) -> None:
     state.debug = state.debug or debug
 
 
@@ -60,8 +64,9 @@ def _errors() -> Iterator[None]:
         _fail(exc)
 
 
-def _check_text(what: str, value: str | None, error: type[BlendInError] = PromptError,
-                required: bool = False) -> None:
+def _check_text(
+    what: str, value: str | None, error: type[BlendInError] = PromptError, required: bool = False
+) -> None:
     """Text from the command line must be UTF-8: a byte that is not (decoded by Python as a lone
     surrogate) would fail deep inside the tokenizer."""
     if value is None:
@@ -69,10 +74,16 @@ def _check_text(what: str, value: str | None, error: type[BlendInError] = Prompt
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        bad = value[e.start:e.end].encode("utf-8", "surrogateescape" if all(
-            0xDC80 <= ord(c) <= 0xDCFF for c in value[e.start:e.end]) else "backslashreplace")
-        raise error(f"{what} is not valid UTF-8 text (bytes {bad!r} at character {e.start}); "
-                    "pass UTF-8 text") from None
+        bad = value[e.start : e.end].encode(
+            "utf-8",
+            "surrogateescape"
+            if all(0xDC80 <= ord(c) <= 0xDCFF for c in value[e.start : e.end])
+            else "backslashreplace",
+        )
+        raise error(
+            f"{what} is not valid UTF-8 text (bytes {bad!r} at character {e.start}); "
+            "pass UTF-8 text"
+        ) from None
     if required and not value.strip():
         raise error(f"{what} is empty; pass some text")
 
@@ -94,12 +105,24 @@ def _check_call(call: dict[str, Any]) -> None:
     for s in call.get("stop") or ():
         _check_text("a stop string", s, GenerationArgumentError)
     known = SamplingParams.__dataclass_fields__
-    SamplingParams(**{k: (tuple(v) if k == "stop" and v else v)
-                      for k, v in call.items() if k in known and v is not None})
+    SamplingParams(
+        **{
+            k: (tuple(v) if k == "stop" and v else v)
+            for k, v in call.items()
+            if k in known and v is not None
+        }
+    )
 
 
-def _build(base: str, guide: list[str] | None, strategy: str, gamma: float, alpha: str,
-           system: str | None, call: dict[str, Any] | None = None):
+def _build(
+    base: str,
+    guide: list[str] | None,
+    strategy: str,
+    gamma: float,
+    alpha: str,
+    system: str | None,
+    call: dict[str, Any] | None = None,
+):
     """Check the command line's text and per-call options, then build the blend
     (``blendin_llm.pairs.build_pair``, which checks every source before the first model
     loads)."""
@@ -108,5 +131,12 @@ def _build(base: str, guide: list[str] | None, strategy: str, gamma: float, alph
     _check_text("the system prompt", system)
     config_alpha = _alpha(alpha)
     _check_call(call or {})
-    return build_pair(base, guide or None, strategy=strategy, gamma=gamma, alpha=config_alpha,
-                      system_prompt=system, quiet=not state.debug)
+    return build_pair(
+        base,
+        guide or None,
+        strategy=strategy,
+        gamma=gamma,
+        alpha=config_alpha,
+        system_prompt=system,
+        quiet=not state.debug,
+    )

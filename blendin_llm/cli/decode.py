@@ -25,23 +25,37 @@ def reliability_table(rel: Reliability) -> Table:
     verdict = Text("FLAGGED", style="bold red") if rel.flagged else Text("ok", style="bold green")
     t.add_row("verdict", verdict)
     if rel.score_source == "profile":
-        t.add_row("score", f"{rel.score:.2f}  (calibrated P(correct); flagged below "
-                           f"{rel.threshold:.2f}, chosen for {rel.flag_target})")
+        t.add_row(
+            "score",
+            f"{rel.score:.2f}  (calibrated P(correct); flagged below "
+            f"{rel.threshold:.2f}, chosen for {rel.flag_target})",
+        )
     else:
-        t.add_row("score", f"{rel.score:.2f}  ({rel.score_source.replace('_', ' ')}, "
-                           "uncalibrated: `blendin calibrate` fits a profile)")
+        t.add_row(
+            "score",
+            f"{rel.score:.2f}  ({rel.score_source.replace('_', ' ')}, "
+            "uncalibrated: `blendin calibrate` fits a profile)",
+        )
     t.add_row("strategy", rel.strategy)
-    t.add_row("tokens / interventions", f"{rel.tokens} / {rel.interventions} "
-                                        f"({rel.intervention_rate:.0%})"
-              + (f", {rel.unscored_tokens} stop-string token(s) not scored"
-                 if rel.unscored_tokens else ""))
+    t.add_row(
+        "tokens / interventions",
+        f"{rel.tokens} / {rel.interventions} "
+        f"({rel.intervention_rate:.0%})"
+        + (
+            f", {rel.unscored_tokens} stop-string token(s) not scored"
+            if rel.unscored_tokens
+            else ""
+        ),
+    )
 
     def f(x):
         return "-" if x is None else f"{x:.2f}"
 
     t.add_row("mean alpha", f(rel.mean_alpha))
-    t.add_row("agreement top-1 / top-k", f"{f(rel.agreement_top1)} / {f(rel.agreement_topk)} "
-                                         f"(k={rel.agreement_k})")
+    t.add_row(
+        "agreement top-1 / top-k",
+        f"{f(rel.agreement_top1)} / {f(rel.agreement_topk)} (k={rel.agreement_k})",
+    )
     t.add_row("mean base top-1", f(rel.mean_base_top1))
     t.add_row("mean divergence (bits)", f(rel.mean_divergence))
     for r in rel.reasons:
@@ -57,8 +71,17 @@ def trace_table(rel: Reliability) -> Table:
         style = "cyan" if e.source == "blend" else ""
         g = "-" if e.guide_prob is None else f"{e.guide_prob:.2f}"
         a = "-" if e.alpha is None else f"{e.alpha:.2f}"
-        t.add_row(str(e.index), repr(e.text), e.source, a, f"{e.base_top1:.2f}",
-                  f"{e.base_prob:.2f}", g, f"{e.prob:.2f}", style=style)
+        t.add_row(
+            str(e.index),
+            repr(e.text),
+            e.source,
+            a,
+            f"{e.base_top1:.2f}",
+            f"{e.base_prob:.2f}",
+            g,
+            f"{e.prob:.2f}",
+            style=style,
+        )
     return t
 
 
@@ -67,9 +90,11 @@ def _show(res: BlendResult, as_json: bool, trace: bool) -> None:
         out.print_json(res.model_dump_json())
         return
     out.print(Text(res.text.strip() or "(empty answer)", style="bold"))
-    out.print(f"[dim]finish: {res.finish_reason}"
-              f"{' (' + repr(res.stop_sequence) + ')' if res.stop_sequence else ''}, "
-              f"{res.usage.completion_tokens} tokens in {res.elapsed_s:.1f}s[/dim]")
+    out.print(
+        f"[dim]finish: {res.finish_reason}"
+        f"{' (' + repr(res.stop_sequence) + ')' if res.stop_sequence else ''}, "
+        f"{res.usage.completion_tokens} tokens in {res.elapsed_s:.1f}s[/dim]"
+    )
     if trace:
         out.print(trace_table(res.reliability))
     out.print(reliability_table(res.reliability))
@@ -80,7 +105,9 @@ def generate(
     prompt: str = typer.Argument(..., help="the question or instruction"),
     base: str = typer.Option(DEFAULT_BASE, help="base model: preset, directory, hub id or .gguf"),
     guide: list[str] | None = typer.Option(None, help="guide model (repeat for several)"),
-    strategy: str = typer.Option("blendin", help="base_only, guide_only, nudging, blendin, ensemble"),
+    strategy: str = typer.Option(
+        "blendin", help="base_only, guide_only, nudging, blendin, ensemble"
+    ),
     gamma: float = typer.Option(0.4, help="consult the guide when the base's top-1 prob < gamma"),
     alpha: str = typer.Option("auto", help="guide weight in [0, 1], or 'auto'"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
@@ -92,16 +119,27 @@ def generate(
     system: str | None = typer.Option(None, help="system prompt"),
     as_json: bool = typer.Option(False, "--json", help="print the whole result as JSON"),
     trace: bool = typer.Option(False, help="show each token's source and alpha"),
-    repetition_penalty: float = typer.Option(1.0, help="transformers' repetition penalty (1 = off)"),
+    repetition_penalty: float = typer.Option(
+        1.0, help="transformers' repetition penalty (1 = off)"
+    ),
     frequency_penalty: float = typer.Option(0.0, help="OpenAI's frequency penalty (0 = off)"),
     presence_penalty: float = typer.Option(0.0, help="OpenAI's presence penalty (0 = off)"),
     no_repeat_ngram_size: int = typer.Option(0, help="no n-gram of this size twice (0 = off)"),
 ) -> None:
     """Generate one blended answer and print its reliability report."""
-    call = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                seed=seed, stop=stop, trace=trace, repetition_penalty=repetition_penalty,
-                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                no_repeat_ngram_size=no_repeat_ngram_size)
+    call = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=stop,
+        trace=trace,
+        repetition_penalty=repetition_penalty,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
     with _errors():
         _check_text("the prompt", prompt, required=True)
         llm = _build(base, guide, strategy, gamma, alpha, system, call)
@@ -122,8 +160,9 @@ def chat(
     """Chat interactively; the reliability of each answer is shown after it. Empty line or
     /exit quits."""
     with _errors():
-        llm = _build(base, guide, strategy, gamma, alpha, system,
-                     dict(max_new_tokens=max_new_tokens))
+        llm = _build(
+            base, guide, strategy, gamma, alpha, system, dict(max_new_tokens=max_new_tokens)
+        )
     with contextlib.suppress(AttributeError, ValueError):  # a byte that is not UTF-8: see below
         sys.stdin.reconfigure(errors="surrogateescape")
     history: list[dict[str, str]] = []

@@ -46,8 +46,13 @@ def models_list() -> None:
     for col in ("preset", "role", "installed", "converted", "description"):
         t.add_column(col)
     for name, p in PRESETS.items():
-        t.add_row(name, p.role, "yes" if _installed(name) else "no",
-                  "yes" if _cached(name) else "no", p.description)
+        t.add_row(
+            name,
+            p.role,
+            "yes" if _installed(name) else "no",
+            "yes" if _cached(name) else "no",
+            p.description,
+        )
     out.print(t)
     out.print(f"[dim]cache: {cache_dir()}[/dim]")
 
@@ -78,10 +83,17 @@ def models_info(name: str) -> None:
     """Everything known about one preset."""
     p = _preset(name)
     cached = _cached(name)
-    info = {"preset": p.name, "role": p.role, "description": p.description,
-            "install": p.install, "sha256": p.sha256, "license": p.license,
-            "prompt": p.spec, "installed": _installed(name),
-            "converted": str(cached) if cached else None}
+    info = {
+        "preset": p.name,
+        "role": p.role,
+        "description": p.description,
+        "install": p.install,
+        "sha256": p.sha256,
+        "license": p.license,
+        "prompt": p.spec,
+        "installed": _installed(name),
+        "converted": str(cached) if cached else None,
+    }
     if cached:
         cfg = json.loads((cached / "config.json").read_text())
         text = cfg.get("text_config", cfg)

@@ -47,8 +47,12 @@ from ..score_model import ScoreModel, pair_fingerprints, parse_target
 from ..uncertainty import FEATURES
 
 GAMMAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
-VERDICT = {"good_max_rate": 0.20, "good_min_agreement": 0.5, "bad_rate": 0.35,
-           "bad_agreement": 0.25}
+VERDICT = {
+    "good_max_rate": 0.20,
+    "good_min_agreement": 0.5,
+    "bad_rate": 0.35,
+    "bad_agreement": 0.25,
+}
 
 
 @dataclass
@@ -72,8 +76,11 @@ class Calibration:
         return {
             "blendin_profile": PROFILE_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "models": self.models, "verdict": self.verdict, "reasons": self.reasons,
-            "config": config, "prompts": self.prompts,
+            "models": self.models,
+            "verdict": self.verdict,
+            "reasons": self.reasons,
+            "config": config,
+            "prompts": self.prompts,
             "measurements": self.measurements,
             "predicted_intervention_rate": {str(k): v for k, v in self.predicted_rate.items()},
             "score_model": None if self.score_model is None else self.score_model.to_dict(),
@@ -84,8 +91,9 @@ class Calibration:
         try:
             path.write_text(json.dumps(self.to_profile(), indent=1))
         except OSError as e:
-            raise ConfigError(f"cannot write the profile to {str(path)!r}: {e.strerror or e}") \
-                from None
+            raise ConfigError(
+                f"cannot write the profile to {str(path)!r}: {e.strerror or e}"
+            ) from None
         return path
 
 
@@ -98,10 +106,19 @@ def _gold(item: Any) -> bool:
     return getattr(item, "answer", None) is not None or getattr(item, "label", None) is not None
 
 
-def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
-              target_rate: float = 0.20, progress: Any = None, gamma: float | None = None,
-              flag_target: str = "recall=0.8", calibration: str = "auto",
-              out: Any = None, settings: dict | None = None) -> Calibration:
+def calibrate(
+    llm: Any,
+    prompts: list[Any],
+    *,
+    max_new_tokens: int = 32,
+    target_rate: float = 0.20,
+    progress: Any = None,
+    gamma: float | None = None,
+    flag_target: str = "recall=0.8",
+    calibration: str = "auto",
+    out: Any = None,
+    settings: dict | None = None,
+) -> Calibration:
     """Judge the pair on ``prompts`` and, when they are labelled, fit its score model.
 
     Args:
@@ -154,21 +171,38 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
         saved = llm.config
         llm.config = pass2
         try:
-            records = run_eval(llm, [Dataset("calibrate", "items", items)], ["blendin"], out=out,
-                               max_new_tokens=max_new_tokens, progress=False, settings=settings,
-                               on_record=lambda r: tick())
+            records = run_eval(
+                llm,
+                [Dataset("calibrate", "items", items)],
+                ["blendin"],
+                out=out,
+                max_new_tokens=max_new_tokens,
+                progress=False,
+                settings=settings,
+                on_record=lambda r: tick(),
+            )
         finally:
             llm.config = saved
         rels = [r["reliability"] for r in records]
     else:
         rels = []
         for p in texts:
-            res = llm.generate(p, max_new_tokens=max_new_tokens, strategy="blendin", alpha="auto",
-                               gamma=gamma, trace=True)
+            res = llm.generate(
+                p,
+                max_new_tokens=max_new_tokens,
+                strategy="blendin",
+                alpha="auto",
+                gamma=gamma,
+                trace=True,
+            )
             rels.append(res.reliability.model_dump())
             tick()
-    alphas = [e["alpha"] for r in rels for e in (r.get("trace") or [])
-              if e["alpha"] is not None and e.get("scored", True)]
+    alphas = [
+        e["alpha"]
+        for r in rels
+        for e in (r.get("trace") or [])
+        if e["alpha"] is not None and e.get("scored", True)
+    ]
     steps = sum(r["tokens"] for r in rels)
     consults = sum(r["interventions"] for r in rels)
     rate = consults / steps if steps else 0.0
@@ -181,8 +215,10 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
     m = {
         "intervention_rate": rate,
         "predicted_intervention_rate": predicted.get(gamma),
-        "agreement_topk": agreement, "agreement_top1": weighted("agreement_top1"),
-        "mean_divergence": weighted("mean_divergence"), "mean_alpha": _mean(alphas),
+        "agreement_topk": agreement,
+        "agreement_top1": weighted("agreement_top1"),
+        "mean_divergence": weighted("mean_divergence"),
+        "mean_alpha": _mean(alphas),
         "alpha_std": statistics.pstdev(alphas) if len(alphas) > 1 else None,
         "mean_base_top1": _mean([r["mean_base_top1"] for r in rels]),
         "flagged": sum(r["flagged"] for r in rels) / len(rels),
@@ -201,9 +237,11 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
         verdict = "bad"
     elif rate <= v["good_max_rate"] and (agreement is None or agreement >= v["good_min_agreement"]):
         verdict = "good"
-        reasons.append(f"intervention rate {rate:.2f} <= {v['good_max_rate']:.2f} and agreement "
-                       f"{'-' if agreement is None else f'{agreement:.2f}'} >= "
-                       f"{v['good_min_agreement']:.2f}")
+        reasons.append(
+            f"intervention rate {rate:.2f} <= {v['good_max_rate']:.2f} and agreement "
+            f"{'-' if agreement is None else f'{agreement:.2f}'} >= "
+            f"{v['good_min_agreement']:.2f}"
+        )
     else:
         verdict = "risky"
         if rate > v["good_max_rate"]:
@@ -215,8 +253,10 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
         alpha = round(m["mean_alpha"], 2)
     strategy = "base_only" if verdict == "bad" else "blendin"
     config = dataclasses.replace(llm.config, strategy=strategy, gamma=gamma, alpha=alpha)
-    models = {"base": llm.base.spec.source or llm.base.name,
-              "guides": [g.spec.source or g.name for g in llm.guides]}
+    models = {
+        "base": llm.base.spec.source or llm.base.name,
+        "guides": [g.spec.source or g.name for g in llm.guides],
+    }
     score_model = None
     if labelled:
         scored = [r for r in records if r["correct"] is not None]
@@ -224,23 +264,57 @@ def calibrate(llm: Any, prompts: list[Any], *, max_new_tokens: int = 32,
         models["fingerprints"] = fps
         right = sum(bool(r["correct"]) for r in scored)
         if min(right, len(scored) - right) < 2:
-            why = (f"no score model: fitting needs at least 2 right and 2 wrong answers, the pair "
-                   f"answered {right} of {len(scored)} right; use more (or other) labelled items")
-            return Calibration(verdict, reasons, gamma, alpha, config, len(prompts), predicted,
-                               m, models, None, records, why)
+            why = (
+                f"no score model: fitting needs at least 2 right and 2 wrong answers, the pair "
+                f"answered {right} of {len(scored)} right; use more (or other) labelled items"
+            )
+            return Calibration(
+                verdict,
+                reasons,
+                gamma,
+                alpha,
+                config,
+                len(prompts),
+                predicted,
+                m,
+                models,
+                None,
+                records,
+                why,
+            )
         score_model = fit_score_model(
-            [r["reliability"]["features"] for r in scored], [bool(r["correct"]) for r in scored],
-            target=flag_target, calibration=calibration, strategy="blendin", gamma=gamma,
-            alpha="auto", fingerprints=fps,
-            about={"models": {"base": models["base"], "guides": models["guides"]},
-                   "data": settings or {}, "max_new_tokens": max_new_tokens,
-                   "items": [[r["task"], r["item_id"]] for r in scored]})
+            [r["reliability"]["features"] for r in scored],
+            [bool(r["correct"]) for r in scored],
+            target=flag_target,
+            calibration=calibration,
+            strategy="blendin",
+            gamma=gamma,
+            alpha="auto",
+            fingerprints=fps,
+            about={
+                "models": {"base": models["base"], "guides": models["guides"]},
+                "data": settings or {},
+                "max_new_tokens": max_new_tokens,
+                "items": [[r["task"], r["item_id"]] for r in scored],
+            },
+        )
         # it scores the answers of the strategy it was fitted on (blendin), also when the verdict
         # recommends base_only: per call, strategy="blendin" answers get the calibrated score
         rel = dataclasses.replace(config.reliability, score_model=score_model)
         config = dataclasses.replace(config, reliability=rel)
-    return Calibration(verdict, reasons, gamma, alpha, config, len(prompts), predicted, m, models,
-                       score_model, records)
+    return Calibration(
+        verdict,
+        reasons,
+        gamma,
+        alpha,
+        config,
+        len(prompts),
+        predicted,
+        m,
+        models,
+        score_model,
+        records,
+    )
 
 
 # -- fitting (scikit-learn) ----------------------------------------------------------------------
@@ -251,10 +325,17 @@ def _sklearn():
         from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
     except ImportError as e:
-        raise ConfigError("fitting a score model needs scikit-learn: "
-                          "pip install 'blendin-llm[eval]'") from e
-    return np, IsotonicRegression, LogisticRegression, LogisticRegressionCV, StratifiedKFold, \
-        cross_val_predict
+        raise ConfigError(
+            "fitting a score model needs scikit-learn: pip install 'blendin-llm[eval]'"
+        ) from e
+    return (
+        np,
+        IsotonicRegression,
+        LogisticRegression,
+        LogisticRegressionCV,
+        StratifiedKFold,
+        cross_val_predict,
+    )
 
 
 def choose_threshold(probs: Sequence[float], correct: Sequence[bool], target: str) -> dict:
@@ -280,8 +361,13 @@ def choose_threshold(probs: Sequence[float], correct: Sequence[bool], target: st
         precision = kept_right / kept if kept else 1.0
         recall = flagged_wrong / n_wrong if n_wrong else 1.0
         ok = (kept > 0 and precision >= goal) if kind == "precision" else recall >= goal
-        row = {"threshold": float(min(t, 1.0)), "precision": precision, "recall": recall,
-               "kept": kept / n if n else 0.0, "met": ok}
+        row = {
+            "threshold": float(min(t, 1.0)),
+            "precision": precision,
+            "recall": recall,
+            "kept": kept / n if n else 0.0,
+            "met": ok,
+        }
         if ok:
             best = row
             break
@@ -290,12 +376,22 @@ def choose_threshold(probs: Sequence[float], correct: Sequence[bool], target: st
     return best
 
 
-def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: str = "recall=0.8",
-                    calibration: str = "auto", features: Sequence[str] = FEATURES,
-                    folds: int = 5, seed: int = 0, select: str = "all",
-                    strategy: str = "blendin",
-                    gamma: float | None = None, alpha: Any = None,
-                    fingerprints: dict | None = None, about: dict | None = None) -> ScoreModel:
+def fit_score_model(
+    rows: Sequence[dict],
+    correct: Sequence[bool],
+    *,
+    target: str = "recall=0.8",
+    calibration: str = "auto",
+    features: Sequence[str] = FEATURES,
+    folds: int = 5,
+    seed: int = 0,
+    select: str = "all",
+    strategy: str = "blendin",
+    gamma: float | None = None,
+    alpha: Any = None,
+    fingerprints: dict | None = None,
+    about: dict | None = None,
+) -> ScoreModel:
     """Fit a ScoreModel on answers' feature dicts ``rows`` and their ``correct`` labels.
 
     Args:
@@ -327,11 +423,14 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
         raise ConfigError("rows and correct labels differ in length")
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     if min(n_pos, n_neg) < 2:
-        raise ConfigError(f"fitting needs at least 2 right and 2 wrong answers; got {n_pos} right "
-                          f"and {n_neg} wrong: use more (or other) labelled items")
+        raise ConfigError(
+            f"fitting needs at least 2 right and 2 wrong answers; got {n_pos} right "
+            f"and {n_neg} wrong: use more (or other) labelled items"
+        )
     features = tuple(f for f in features if f in FEATURES)
-    raw = np.array([[np.nan if r.get(f) is None else float(r[f]) for f in features]
-                    for r in rows], dtype=float)
+    raw = np.array(
+        [[np.nan if r.get(f) is None else float(r[f]) for f in features] for r in rows], dtype=float
+    )
     fill = np.nanmean(np.where(np.isfinite(raw), raw, np.nan), axis=0)
     fill = np.where(np.isfinite(fill), fill, 0.0)
     X = np.where(np.isfinite(raw), raw, fill)
@@ -348,8 +447,9 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
     def lrcv():
-        return LRCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss",
-                    max_iter=2000)
+        return LRCV(
+            Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss", max_iter=2000
+        )
 
     candidates: dict[str, float] = {}
     with warnings.catch_warnings():  # scikit-learn 1.9 announces changes of defaults we don't use
@@ -359,8 +459,9 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
         if select == "auto" and len(features) > 1:
             candidates["all"] = logloss(cvp(lrcv(), Z, y, cv=cv, method="predict_proba")[:, 1])
             for j, f in enumerate(features):
-                candidates[f] = logloss(cvp(LR(C=1e4, max_iter=2000), Z[:, [j]], y, cv=cv,
-                                            method="predict_proba")[:, 1])
+                candidates[f] = logloss(
+                    cvp(LR(C=1e4, max_iter=2000), Z[:, [j]], y, cv=cv, method="predict_proba")[:, 1]
+                )
             chosen = min(candidates, key=lambda c: (candidates[c], c != "all"))
         if chosen == "all":
             lr = lrcv().fit(Z, y)
@@ -380,20 +481,42 @@ def fit_score_model(rows: Sequence[dict], correct: Sequence[bool], *, target: st
         cal = {"method": "platt", "a": float(pl.coef_[0, 0]), "b": float(pl.intercept_[0])}
     else:
         iso = Iso(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(oof, y)
-        cal = {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
-               "y": [float(v) for v in iso.y_thresholds_]}
+        cal = {
+            "method": "isotonic",
+            "x": [float(v) for v in iso.X_thresholds_],
+            "y": [float(v) for v in iso.y_thresholds_],
+        }
     model = ScoreModel(
-        features=features, fill=tuple(map(float, fill)), mean=tuple(map(float, mean)),
-        scale=tuple(map(float, scale)), coef=tuple(float(c) for c in lr.coef_[0]),
-        intercept=float(lr.intercept_[0]), calibration=cal, threshold=0.5, target=target,
-        strategy=strategy, gamma=gamma, alpha=alpha, fingerprints=fingerprints or {},
+        features=features,
+        fill=tuple(map(float, fill)),
+        mean=tuple(map(float, mean)),
+        scale=tuple(map(float, scale)),
+        coef=tuple(float(c) for c in lr.coef_[0]),
+        intercept=float(lr.intercept_[0]),
+        calibration=cal,
+        threshold=0.5,
+        target=target,
+        strategy=strategy,
+        gamma=gamma,
+        alpha=alpha,
+        fingerprints=fingerprints or {},
     )
     oof_p = [model.calibrate(float(z)) for z in oof]
     thr = choose_threshold(oof_p, y.astype(bool).tolist(), target)
     from .metrics import auroc, brier, ece
 
-    fit = {"answers": int(len(y)), "right": n_pos, "C": C, "folds": k, "calibration": method,
-           "selected": chosen, "oof_logloss_of_candidates": candidates,
-           "oof_auroc": auroc(oof_p, y.tolist()), "oof_brier": brier(oof_p, y.tolist()),
-           "oof_ece": ece(oof_p, y.tolist()), "threshold_on_fit": thr, **(about or {})}
+    fit = {
+        "answers": int(len(y)),
+        "right": n_pos,
+        "C": C,
+        "folds": k,
+        "calibration": method,
+        "selected": chosen,
+        "oof_logloss_of_candidates": candidates,
+        "oof_auroc": auroc(oof_p, y.tolist()),
+        "oof_brier": brier(oof_p, y.tolist()),
+        "oof_ece": ece(oof_p, y.tolist()),
+        "threshold_on_fit": thr,
+        **(about or {}),
+    }
     return ScoreModel(**{**asdict(model), "threshold": thr["threshold"], "fit": fit})

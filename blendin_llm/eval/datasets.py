@@ -94,8 +94,11 @@ def _sniff(path: Path) -> str:
             except ValueError:
                 continue
             if isinstance(obj, dict):
-                return "gsm8k" if "question" in obj and "####" in str(obj.get("answer", "")) \
+                return (
+                    "gsm8k"
+                    if "question" in obj and "####" in str(obj.get("answer", ""))
                     else "jsonl"
+                )
     return "jsonl"
 
 
@@ -150,9 +153,16 @@ def _select(items: list[EvalItem], limit: int | None, seed: int | None) -> list[
     return chosen
 
 
-def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = None,
-                 seed: int | None = None, fewshot: str | Path | None = None, fewshot_k: int = 3,
-                 name: str | None = None) -> Dataset:
+def load_dataset(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    limit: int | None = None,
+    seed: int | None = None,
+    fewshot: str | Path | None = None,
+    fewshot_k: int = 3,
+    name: str | None = None,
+) -> Dataset:
     """Read a data set from a local file (see the module doc for the formats).
 
     ``limit``: keep that many items (the first ones, or a seeded sample with ``seed``).
@@ -184,8 +194,10 @@ def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = 
                 reader = csv.DictReader(f)
                 missing = {"prompt", "label"} - set(reader.fieldnames or ())
                 if missing:
-                    raise DatasetError(f"{path.name}: an XSTest CSV needs the columns prompt and "
-                                       f"label; missing {sorted(missing)}")
+                    raise DatasetError(
+                        f"{path.name}: an XSTest CSV needs the columns prompt and "
+                        f"label; missing {sorted(missing)}"
+                    )
                 for n, row in enumerate(reader, 2):
                     label = (row.get("label") or "").strip().lower()
                     if not (row.get("prompt") or "").strip() or label not in ("safe", "unsafe"):
@@ -206,16 +218,24 @@ def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = 
                 else:
                     p = obj.get("prompt")
                     ok = (isinstance(p, str) and p.strip()) or (
-                        isinstance(p, list) and p and all(isinstance(m, dict) for m in p))
+                        isinstance(p, list) and p and all(isinstance(m, dict) for m in p)
+                    )
                     label = obj.get("label")
                     label = label.strip().lower() if isinstance(label, str) else None
                     if not ok or (label is not None and label not in ("safe", "unsafe")):
-                        lines._skip(n, "a line needs a non-empty 'prompt' (string or messages); "
-                                       "'label' may only be safe or unsafe")
+                        lines._skip(
+                            n,
+                            "a line needs a non-empty 'prompt' (string or messages); "
+                            "'label' may only be safe or unsafe",
+                        )
                         continue
                     answer = obj.get("answer")
-                    add(str(obj.get("id", len(items))), p,
-                        answer=None if answer is None else str(answer), label=label)
+                    add(
+                        str(obj.get("id", len(items))),
+                        p,
+                        answer=None if answer is None else str(answer),
+                        label=label,
+                    )
         except UnicodeDecodeError as e:
             raise DatasetError(f"{path.name} is not a UTF-8 text file: {e}") from None
     skipped = lines.skipped
@@ -230,5 +250,10 @@ def load_dataset(path: str | Path, format: str = "auto", *, limit: int | None = 
         while it.id in seen:
             it.id, k = f"{base}#{k}", k + 1
         seen.add(it.id)
-    return Dataset(name=task, format=fmt, items=_select(items, limit, seed), skipped=skipped,
-                   problems=lines.problems)
+    return Dataset(
+        name=task,
+        format=fmt,
+        items=_select(items, limit, seed),
+        skipped=skipped,
+        problems=lines.problems,
+    )

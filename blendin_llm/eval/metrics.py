@@ -19,8 +19,11 @@ from collections.abc import Sequence
 
 
 def _clean(scores: Sequence[float | None], correct: Sequence[bool | None]):
-    pairs = [(float(s), bool(c)) for s, c in zip(scores, correct)
-             if s is not None and c is not None and s == s]
+    pairs = [
+        (float(s), bool(c))
+        for s, c in zip(scores, correct)
+        if s is not None and c is not None and s == s
+    ]
     return pairs
 
 
@@ -39,7 +42,7 @@ def auroc(scores: Sequence[float], correct: Sequence[bool]) -> float | None:
         while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
             j += 1
         rank = (i + j) / 2 + 1
-        r_pos += rank * sum(c for _, c in ranked[i:j + 1])
+        r_pos += rank * sum(c for _, c in ranked[i : j + 1])
         i = j + 1
     return (r_pos - pos * (pos + 1) / 2) / (pos * neg)
 
@@ -53,7 +56,7 @@ def _tie_averaged(pairs: list[tuple[float, bool]]) -> list[float]:
         j = i
         while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
             j += 1
-        m = sum(c for _, c in ranked[i:j + 1]) / (j - i + 1)
+        m = sum(c for _, c in ranked[i : j + 1]) / (j - i + 1)
         out += [m] * (j - i + 1)
         i = j + 1
     return out

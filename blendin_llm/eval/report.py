@@ -1,7 +1,7 @@
 """Tables, plots (matplotlib PNG) and an HTML report of an evaluation run's records.
 
-    from blendin_llm.eval.report import write_report
-    write_report(records, "runs/eval")   # summary.md, summary.json, plots/*.png, report.html
+from blendin_llm.eval.report import write_report
+write_report(records, "runs/eval")   # summary.md, summary.json, plots/*.png, report.html
 """
 
 from __future__ import annotations
@@ -40,10 +40,13 @@ def calibration_bins(scores: Sequence[float], correct: Sequence[bool], bins: int
     out = []
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
-        sel = [(s, c) for s, c in zip(scores, correct) if lo <= s < hi or (b == bins - 1 and s == 1)]
+        sel = [
+            (s, c) for s, c in zip(scores, correct) if lo <= s < hi or (b == bins - 1 and s == 1)
+        ]
         if sel:
-            out.append((sum(s for s, _ in sel) / len(sel), sum(c for _, c in sel) / len(sel),
-                        len(sel)))
+            out.append(
+                (sum(s for s, _ in sel) / len(sel), sum(c for _, c in sel) / len(sel), len(sel))
+            )
     return out
 
 
@@ -63,8 +66,10 @@ def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[P
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(strategies), 3.6))
     width = 0.8 / max(1, len(tasks))
     for t_i, task in enumerate(tasks):
-        acc = [next((r["accuracy"] or 0 for r in rows if r["task"] == task and
-                     r["strategy"] == s), 0) for s in strategies]
+        acc = [
+            next((r["accuracy"] or 0 for r in rows if r["task"] == task and r["strategy"] == s), 0)
+            for s in strategies
+        ]
         ax.bar([i + t_i * width for i in range(len(strategies))], acc, width, label=task)
     ax.set_xticks([i + width * (len(tasks) - 1) / 2 for i in range(len(strategies))])
     ax.set_xticklabels(strategies, rotation=20, ha="right", fontsize=8)
@@ -82,11 +87,20 @@ def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[P
     for t_i, task in enumerate(tasks):
         for r in rows:
             if r["task"] == task and r["accuracy"] is not None:
-                ax.scatter(r["intervention_rate"], r["accuracy"], marker=markers[t_i % 10],
-                           color=f"C{t_i % 10}",
-                           label=task if r["strategy"] == strategies[0] else None)
-                ax.annotate(r["strategy"], (r["intervention_rate"], r["accuracy"]), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.scatter(
+                    r["intervention_rate"],
+                    r["accuracy"],
+                    marker=markers[t_i % 10],
+                    color=f"C{t_i % 10}",
+                    label=task if r["strategy"] == strategies[0] else None,
+                )
+                ax.annotate(
+                    r["strategy"],
+                    (r["intervention_rate"], r["accuracy"]),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     ax.axvline(0.2, color="grey", ls=":", lw=1)
     ax.set_xlabel("mean intervention rate")
     ax.set_ylabel("accuracy")
@@ -103,7 +117,8 @@ def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[P
     scored = [r for r in records if r["correct"] is not None]
     y = [bool(r["correct"]) for r in scored]
     for name, vals in [("reliability score", [r["reliability"]["score"] for r in scored])] + [
-            (b, [feature(r, b) for r in scored]) for b in PLOTTED]:
+        (b, [feature(r, b) for r in scored]) for b in PLOTTED
+    ]:
         if any(v is None for v in vals):
             continue
         pts = roc_points(vals, y)
@@ -137,11 +152,16 @@ def plot_all(records: Sequence[dict], rows: Sequence[dict], out: Path) -> list[P
         rs = [r for r in scored if r["task"] == task]
         yy = [bool(r["correct"]) for r in rs]
         for name, vals in [("score", [r["reliability"]["score"] for r in rs])] + [
-                (b, [feature(r, b) for r in rs]) for b in PLOTTED]:
+            (b, [feature(r, b) for r in rs]) for b in PLOTTED
+        ]:
             if rs and all(v is not None for v in vals):
                 pts = risk_coverage(vals, yy)
-                ax.plot([c for c, _ in pts], [e for _, e in pts], label=name,
-                        lw=2 if name == "score" else 1)
+                ax.plot(
+                    [c for c, _ in pts],
+                    [e for _, e in pts],
+                    label=name,
+                    lw=2 if name == "score" else 1,
+                )
         ax.set_xlabel("coverage (share of answers kept)")
         ax.set_ylabel("error rate of kept answers")
         ax.set_xlim(0, 1)
@@ -165,42 +185,70 @@ def _trace_html(rec: dict) -> str:
         text = html.escape(e["text"]).replace("\n", "&#8629;<br>")
         if not text:
             continue
-        tip = (f"#{e['index']} base top-1 {e['base_top1']:.2f}, p(base) {e['base_prob']:.2f}, "
-               f"p {e['prob']:.2f}")
+        tip = (
+            f"#{e['index']} base top-1 {e['base_top1']:.2f}, p(base) {e['base_prob']:.2f}, "
+            f"p {e['prob']:.2f}"
+        )
         if e["source"] == "blend":
             a = e["alpha"] or 0.0
             tip += f", alpha {a:.2f}, p(guide) {(e['guide_prob'] or 0):.2f}"
-            spans.append(f'<span class="b" style="background:rgba(230,120,20,{0.15 + 0.75 * a:.2f})"'
-                         f' title="{tip}">{text}</span>')
+            spans.append(
+                f'<span class="b" style="background:rgba(230,120,20,{0.15 + 0.75 * a:.2f})"'
+                f' title="{tip}">{text}</span>'
+            )
         else:
             spans.append(f'<span title="{tip}">{text}</span>')
     return "".join(spans)
 
 
-def write_html(records: Sequence[dict], rows: Sequence[dict], plots: Sequence[Path], path: Path,
-               title: str = "blendin-llm evaluation", per_task: int = 6) -> None:
+def write_html(
+    records: Sequence[dict],
+    rows: Sequence[dict],
+    plots: Sequence[Path],
+    path: Path,
+    title: str = "blendin-llm evaluation",
+    per_task: int = 6,
+) -> None:
     strategies = list(dict.fromkeys(r["strategy"] for r in records))
-    parts = [f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>"
-             "body{font:14px sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
-             "collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-             ".tok{font-family:monospace;white-space:pre-wrap}.b{border-radius:2px}"
-             ".ok{color:#070}.bad{color:#a00}</style>",
-             f"<h1>{html.escape(title)}</h1><h2>Summary</h2><table><tr>"]
-    cols = ["task", "strategy", "n", "accuracy", "intervention_rate", "reliability", "flagged",
-            "tokens_per_s", "auroc_score", "prr_score", "ece_score", "brier_score",
-            "best_baseline"]
+    parts = [
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>"
+        "body{font:14px sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
+        "collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+        ".tok{font-family:monospace;white-space:pre-wrap}.b{border-radius:2px}"
+        ".ok{color:#070}.bad{color:#a00}</style>",
+        f"<h1>{html.escape(title)}</h1><h2>Summary</h2><table><tr>",
+    ]
+    cols = [
+        "task",
+        "strategy",
+        "n",
+        "accuracy",
+        "intervention_rate",
+        "reliability",
+        "flagged",
+        "tokens_per_s",
+        "auroc_score",
+        "prr_score",
+        "ece_score",
+        "brier_score",
+        "best_baseline",
+    ]
     parts.append("".join(f"<th>{c}</th>" for c in cols) + "</tr>")
     for r in rows:
-        cells = [r[c] if isinstance(r[c], (str, int)) else ("-" if r[c] is None else f"{r[c]:.2f}")
-                 for c in cols]
+        cells = [
+            r[c] if isinstance(r[c], (str, int)) else ("-" if r[c] is None else f"{r[c]:.2f}")
+            for c in cols
+        ]
         parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
     for p in plots:
         data = base64.b64encode(Path(p).read_bytes()).decode()
         parts.append(f'<p><img alt="{p.name}" src="data:image/png;base64,{data}"></p>')
-    parts.append("<h2>Answers, token by token</h2><p>Plain: the base chose alone. Tinted: the "
-                 "guide was consulted; darker = larger alpha (guide weight). Hover a token for "
-                 "its numbers.</p>")
+    parts.append(
+        "<h2>Answers, token by token</h2><p>Plain: the base chose alone. Tinted: the "
+        "guide was consulted; darker = larger alpha (guide weight). Hover a token for "
+        "its numbers.</p>"
+    )
     by_item: dict[tuple[str, str], dict[str, dict]] = {}
     for r in records:
         by_item.setdefault((r["task"], r["item_id"]), {})[r["strategy"]] = r
@@ -212,35 +260,46 @@ def write_html(records: Sequence[dict], rows: Sequence[dict], plots: Sequence[Pa
         first = next(iter(recs.values()))
         ref = first.get("answer") or first.get("label") or ""
         ref = ref.split("####")[-1].strip() if "####" in ref else ref
-        parts.append(f"<h3>{html.escape(task)} {html.escape(item_id)}</h3><p>"
-                     f"{html.escape(first['question'])} <i>(reference: {html.escape(ref)})</i></p>"
-                     "<table><tr><th>strategy</th><th>answer</th><th>correct</th>"
-                     "<th>interv.</th><th>score</th></tr>")
+        parts.append(
+            f"<h3>{html.escape(task)} {html.escape(item_id)}</h3><p>"
+            f"{html.escape(first['question'])} <i>(reference: {html.escape(ref)})</i></p>"
+            "<table><tr><th>strategy</th><th>answer</th><th>correct</th>"
+            "<th>interv.</th><th>score</th></tr>"
+        )
         for s in strategies:
             r = recs.get(s)
             if r is None:
                 continue
-            ok = {True: '<span class="ok">yes</span>', False: '<span class="bad">no</span>',
-                  None: "-"}[r["correct"]]
+            ok = {
+                True: '<span class="ok">yes</span>',
+                False: '<span class="bad">no</span>',
+                None: "-",
+            }[r["correct"]]
             rel = r["reliability"]
-            parts.append(f"<tr><td>{html.escape(s)}</td><td class=tok>{_trace_html(r)}</td>"
-                         f"<td>{ok}</td><td>{rel['intervention_rate']:.2f}</td>"
-                         f"<td>{rel['score']:.2f}</td></tr>")
+            parts.append(
+                f"<tr><td>{html.escape(s)}</td><td class=tok>{_trace_html(r)}</td>"
+                f"<td>{ok}</td><td>{rel['intervention_rate']:.2f}</td>"
+                f"<td>{rel['score']:.2f}</td></tr>"
+            )
         parts.append("</table>")
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
-def write_report(records: Sequence[dict], out: str | Path, title: str = "blendin-llm evaluation",
-                 plots: bool = True) -> dict:
+def write_report(
+    records: Sequence[dict],
+    out: str | Path,
+    title: str = "blendin-llm evaluation",
+    plots: bool = True,
+) -> dict:
     """Write summary.md / summary.json / plots / report.html into ``out``; return the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(records)
-    (out / "summary.md").write_text(format_table(rows) + "\n\nAUROC / PRR of the score and of "
-                                    "each single-signal baseline:\n\n" + format_baselines(rows)
-                                    + "\n")
+    (out / "summary.md").write_text(
+        format_table(rows) + "\n\nAUROC / PRR of the score and of "
+        "each single-signal baseline:\n\n" + format_baselines(rows) + "\n"
+    )
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     pngs = plot_all(records, rows, out / "plots") if plots and records else []
     write_html(records, rows, pngs, out / "report.html", title)
-    return {"summary": out / "summary.md", "plots": pngs, "html": out / "report.html",
-            "rows": rows}
+    return {"summary": out / "summary.md", "plots": pngs, "html": out / "report.html", "rows": rows}

@@ -43,8 +43,14 @@ from .datasets import Dataset
 from .metrics import auroc, brier, ece, prr
 from .scoring import score_answer
 
-DEFAULT_STRATEGIES = ("base_only", "guide_only", "nudging", "blendin", "blendin:alpha=0.5",
-                      "ensemble")
+DEFAULT_STRATEGIES = (
+    "base_only",
+    "guide_only",
+    "nudging",
+    "blendin",
+    "blendin:alpha=0.5",
+    "ensemble",
+)
 RECORDS = "records.jsonl"
 RUN = "run.json"
 LOCK = ".lock"
@@ -118,12 +124,14 @@ def check_output(out: str | Path) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise EvalError(f"output directory {str(out)!r} is not writable ({e.strerror or e}); "
-                        "pass another --out") from None
+        raise EvalError(
+            f"output directory {str(out)!r} is not writable ({e.strerror or e}); pass another --out"
+        ) from None
     for name in (RUN, RECORDS):
         if (out / name).exists() and not (out / name).is_file():
-            raise EvalError(f"{out / name} is not a file (a directory?); move it away or pass "
-                            "another --out")
+            raise EvalError(
+                f"{out / name} is not a file (a directory?); move it away or pass another --out"
+            )
     return out
 
 
@@ -179,13 +187,17 @@ def _acquire(out: Path):
         f.seek(0)
         holder = " ".join(f.read().split()) or "another process"
         f.close()
-        raise EvalError(f"{out} is in use by another run ({holder}); wait for it to finish, or "
-                        "pass another --out") from None
+        raise EvalError(
+            f"{out} is in use by another run ({holder}); wait for it to finish, or "
+            "pass another --out"
+        ) from None
     f.seek(0)
     f.truncate()
     cmd = " ".join(sys.argv) if sys.argv and sys.argv[0] else "python"
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd[:200]}\n")
+    f.write(
+        f"pid {os.getpid()} on {socket.gethostname()}, started "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd[:200]}\n"
+    )
     f.flush()
     return f
 
@@ -256,11 +268,20 @@ def read_records(path: str | Path) -> list[dict]:
     return out
 
 
-def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[str] =
-             DEFAULT_STRATEGIES, out: str | Path | None = None, *, max_new_tokens: int | dict = 64,
-             trace: bool = True, progress: bool = True, fresh: bool = False,
-             settings: dict | None = None, on_record: Any = None,
-             batch_size: int = 1) -> list[dict]:
+def run_eval(
+    llm: Any,
+    datasets: Iterable[Dataset],
+    strategies: str | Sequence[str] = DEFAULT_STRATEGIES,
+    out: str | Path | None = None,
+    *,
+    max_new_tokens: int | dict = 64,
+    trace: bool = True,
+    progress: bool = True,
+    fresh: bool = False,
+    settings: dict | None = None,
+    on_record: Any = None,
+    batch_size: int = 1,
+) -> list[dict]:
     """Generate every (item, strategy) pair, score it, and return all records (earlier finished
     ones of a resumed run included). ``max_new_tokens`` may be a dict by task name;
     ``on_record`` is called with each new record. ``batch_size`` > 1 sends that many requests at
@@ -270,10 +291,18 @@ def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[s
         raise EvalError(f"batch_size must be an int >= 1, got {batch_size!r}")
     runs = parse_strategies(strategies)
     datasets = list(datasets)
-    budget = (lambda task: int(max_new_tokens.get(task, 64))) if isinstance(max_new_tokens, dict) \
+    budget = (
+        (lambda task: int(max_new_tokens.get(task, 64)))
+        if isinstance(max_new_tokens, dict)
         else (lambda task: int(max_new_tokens))
-    meta = {"model": getattr(llm, "name", "?"), "strategies": [r.label for r in runs],
-            "max_new_tokens": max_new_tokens, "config": _config_of(llm), **(settings or {})}
+    )
+    meta = {
+        "model": getattr(llm, "name", "?"),
+        "strategies": [r.label for r in runs],
+        "max_new_tokens": max_new_tokens,
+        "config": _config_of(llm),
+        **(settings or {}),
+    }
     with lock_output(out) if out is not None else contextlib.nullcontext():
         path = prepare_output(out, meta, fresh) if out is not None else None
         if path is not None:
@@ -281,34 +310,61 @@ def run_eval(llm: Any, datasets: Iterable[Dataset], strategies: str | Sequence[s
         return _run(llm, datasets, runs, path, budget, trace, progress, on_record, batch_size)
 
 
-def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path | None,
-         budget: Any, trace: bool, progress: bool, on_record: Any = None,
-         batch_size: int = 1) -> list[dict]:
+def _run(
+    llm: Any,
+    datasets: list[Dataset],
+    runs: list[StrategyRun],
+    path: Path | None,
+    budget: Any,
+    trace: bool,
+    progress: bool,
+    on_record: Any = None,
+    batch_size: int = 1,
+) -> list[dict]:
     done = {(r["task"], r["item_id"], r["strategy"]): r for r in read_records(path)} if path else {}
-    todo = [(ds, it, r) for ds in datasets for it in ds.items for r in runs
-            if (it.task, it.id, r.label) not in done]
+    todo = [
+        (ds, it, r)
+        for ds in datasets
+        for it in ds.items
+        for r in runs
+        if (it.task, it.id, r.label) not in done
+    ]
     records = list(done.values())
     sink = open(path, "a", encoding="utf-8") if path else None
     bar = _progress(len(todo), len(done)) if progress else None
+
     def answer(job: tuple) -> Any:
         _, item, run = job
-        return llm.generate(item.prompt, max_new_tokens=budget(item.task), trace=trace,
-                            **run.overrides)
+        return llm.generate(
+            item.prompt, max_new_tokens=budget(item.task), trace=trace, **run.overrides
+        )
 
-    pool = ThreadPoolExecutor(batch_size, thread_name_prefix="blendin-eval") \
-        if batch_size > 1 else None
+    pool = (
+        ThreadPoolExecutor(batch_size, thread_name_prefix="blendin-eval")
+        if batch_size > 1
+        else None
+    )
     # in order, at most batch_size at a time in flight (a pool's queue is first in, first out)
-    answers = ((job, f.result()) for job, f in zip(todo, [pool.submit(answer, j) for j in todo])) \
-        if pool else ((job, answer(job)) for job in todo)
+    answers = (
+        ((job, f.result()) for job, f in zip(todo, [pool.submit(answer, j) for j in todo]))
+        if pool
+        else ((job, answer(job)) for job in todo)
+    )
     try:
         for (_ds, item, run), res in answers:
             rec = {
-                "task": item.task, "item_id": item.id, "strategy": run.label,
-                "question": item.question, "answer": item.answer, "label": item.label,
+                "task": item.task,
+                "item_id": item.id,
+                "strategy": run.label,
+                "question": item.question,
+                "answer": item.answer,
+                "label": item.label,
                 "text": res.text,
                 "correct": score_answer(item.kind, res.text, item.answer, item.label),
-                "finish_reason": res.finish_reason, "tokens": res.usage.completion_tokens,
-                "guide_tokens": res.usage.guide_tokens_computed, "elapsed_s": res.elapsed_s,
+                "finish_reason": res.finish_reason,
+                "tokens": res.usage.completion_tokens,
+                "guide_tokens": res.usage.guide_tokens_computed,
+                "elapsed_s": res.elapsed_s,
                 "reliability": res.reliability.model_dump(),
             }
             records.append(rec)
@@ -327,8 +383,12 @@ def _run(llm: Any, datasets: list[Dataset], runs: list[StrategyRun], path: Path 
             sink.close()
         if bar:
             bar[0].stop()
-    order = {(it.task, it.id, r.label): i for i, (_, it, r) in
-             enumerate((ds, it, r) for ds in datasets for it in ds.items for r in runs)}
+    order = {
+        (it.task, it.id, r.label): i
+        for i, (_, it, r) in enumerate(
+            (ds, it, r) for ds in datasets for it in ds.items for r in runs
+        )
+    }
     return sorted(records, key=lambda r: order.get((r["task"], r["item_id"], r["strategy"]), 1e9))
 
 
@@ -371,8 +431,14 @@ def _progress(total: int, finished: int):
         TimeRemainingColumn,
     )
 
-    p = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                 TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    p = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
     p.start()
     desc = f"eval ({finished} done before)" if finished else "eval"
     return p, p.add_task(desc, total=total)
@@ -401,12 +467,14 @@ def rescore(records: Sequence[dict], model: Any) -> list[dict]:
     for r in records:
         r = dict(r)
         rel = dict(r["reliability"])
-        if model.applies_to(rel["strategy"].split(":")[0]) and rel.get("features") and \
-                rel.get("tokens"):
+        if (
+            model.applies_to(rel["strategy"].split(":")[0])
+            and rel.get("features")
+            and rel.get("tokens")
+        ):
             rel["score"] = model.predict(rel["features"])
             rel["flagged"] = rel["score"] < model.threshold
-            rel.update(score_source="profile", threshold=model.threshold,
-                       flag_target=model.target)
+            rel.update(score_source="profile", threshold=model.threshold, flag_target=model.target)
         r["reliability"] = rel
         out.append(r)
     return out
@@ -418,8 +486,7 @@ def signal_metrics(records: Sequence[dict]) -> dict[str, dict]:
     y = [bool(r["correct"]) for r in scored]
     out = {}
     for name in ("score",) + BASELINES:
-        vals = [r["reliability"]["score"] if name == "score" else feature(r, name)
-                for r in scored]
+        vals = [r["reliability"]["score"] if name == "score" else feature(r, name) for r in scored]
         out[name] = {"auroc": auroc(vals, y), "prr": prr(vals, y)}
     return out
 
@@ -441,20 +508,27 @@ def summarize(records: Sequence[dict]) -> list[dict]:
         sig = signal_metrics(rs)
         base = {k: v for k, v in sig.items() if k != "score"}
         ranked = [k for k in base if base[k]["auroc"] is not None]
-        rows.append({
-            "task": task, "strategy": strategy, "n": len(rs), "scored": len(scored),
-            "accuracy": _avg([float(c) for c in y]),
-            "intervention_rate": _avg([x["intervention_rate"] for x in rel]),
-            "reliability": _avg([x["score"] for x in rel]),
-            "flagged": _avg([float(x["flagged"]) for x in rel]),
-            "score_source": ",".join(sorted({x.get("score_source", "?") for x in rel})),
-            "tokens_per_s": sum(r["tokens"] for r in rs) / secs if secs else None,
-            "auroc_score": sig["score"]["auroc"], "prr_score": sig["score"]["prr"],
-            "ece_score": ece(scores, y), "brier_score": brier(scores, y),
-            "auroc_baseline": auroc([baseline_confidence(r) for r in scored], y),
-            "baselines": base,
-            "best_baseline": max(ranked, key=lambda k: base[k]["auroc"]) if ranked else None,
-        })
+        rows.append(
+            {
+                "task": task,
+                "strategy": strategy,
+                "n": len(rs),
+                "scored": len(scored),
+                "accuracy": _avg([float(c) for c in y]),
+                "intervention_rate": _avg([x["intervention_rate"] for x in rel]),
+                "reliability": _avg([x["score"] for x in rel]),
+                "flagged": _avg([float(x["flagged"]) for x in rel]),
+                "score_source": ",".join(sorted({x.get("score_source", "?") for x in rel})),
+                "tokens_per_s": sum(r["tokens"] for r in rs) / secs if secs else None,
+                "auroc_score": sig["score"]["auroc"],
+                "prr_score": sig["score"]["prr"],
+                "ece_score": ece(scores, y),
+                "brier_score": brier(scores, y),
+                "auroc_baseline": auroc([baseline_confidence(r) for r in scored], y),
+                "baselines": base,
+                "best_baseline": max(ranked, key=lambda k: base[k]["auroc"]) if ranked else None,
+            }
+        )
     return rows
 
 
@@ -464,12 +538,15 @@ def _avg(xs: Sequence[float]) -> float | None:
 
 def format_table(rows: Sequence[dict]) -> str:
     """The summary as a Markdown table."""
+
     def f(x, fmt="{:.2f}"):
         return "-" if x is None else fmt.format(x)
 
-    head = ("| task | strategy | n | accuracy | interv. rate | score | flagged | tokens/s "
-            "| AUROC | PRR | ECE | Brier | best baseline | its AUROC | its PRR |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    head = (
+        "| task | strategy | n | accuracy | interv. rate | score | flagged | tokens/s "
+        "| AUROC | PRR | ECE | Brier | best baseline | its AUROC | its PRR |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         best = r.get("best_baseline")
@@ -486,16 +563,20 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def format_baselines(rows: Sequence[dict]) -> str:
     """Every baseline's AUROC / PRR per (task, strategy), as a Markdown table."""
+
     def f(x):
         return "-" if x is None else f"{x:.2f}"
 
-    head = "| task | strategy | score | " + " | ".join(BASELINES) + " |\n|---|---|" + \
-        "---:|" * (1 + len(BASELINES))
+    head = (
+        "| task | strategy | score | "
+        + " | ".join(BASELINES)
+        + " |\n|---|---|"
+        + "---:|" * (1 + len(BASELINES))
+    )
     lines = [head]
     for r in rows:
         cells = [f"{f(r['auroc_score'])} / {f(r['prr_score'])}"] + [
-            f"{f(r['baselines'][k]['auroc'])} / {f(r['baselines'][k]['prr'])}" for k in BASELINES]
+            f"{f(r['baselines'][k]['auroc'])} / {f(r['baselines'][k]['prr'])}" for k in BASELINES
+        ]
         lines.append(f"| {r['task']} | {r['strategy']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-

@@ -51,25 +51,36 @@ class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("blendin_requests", "Requests by route and status",
-                                ["route", "status"], registry=r)
+        self.requests = Counter(
+            "blendin_requests", "Requests by route and status", ["route", "status"], registry=r
+        )
         self.tokens = Counter("blendin_tokens", "Tokens by kind", ["kind"], registry=r)
-        self.latency = Histogram("blendin_request_seconds", "Time to the answer's end",
-                                 ["route"], registry=r)
-        self.ttft = Histogram("blendin_time_to_first_token_seconds",
-                              "Time to the first streamed token", registry=r)
-        self.interventions = Counter("blendin_interventions", "Steps where a guide was consulted",
-                                     registry=r)
-        self.flagged = Counter("blendin_flagged_answers", "Answers flagged as unreliable",
-                               registry=r)
-        self.in_flight = Gauge("blendin_requests_in_flight", "Requests being answered",
-                               registry=r)
+        self.latency = Histogram(
+            "blendin_request_seconds", "Time to the answer's end", ["route"], registry=r
+        )
+        self.ttft = Histogram(
+            "blendin_time_to_first_token_seconds", "Time to the first streamed token", registry=r
+        )
+        self.interventions = Counter(
+            "blendin_interventions", "Steps where a guide was consulted", registry=r
+        )
+        self.flagged = Counter(
+            "blendin_flagged_answers", "Answers flagged as unreliable", registry=r
+        )
+        self.in_flight = Gauge("blendin_requests_in_flight", "Requests being answered", registry=r)
         self.queued = Gauge("blendin_queue_length", "Requests waiting for a row", registry=r)
 
 
-def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any = None,
-               audit_content: str = "full", served_name: str | None = None,
-               max_queue: int | None = None, max_body_bytes: int = 4 * 1024 * 1024) -> FastAPI:
+def create_app(
+    llm: Any,
+    *,
+    api_keys: dict[str, str] | None = None,
+    audit: Any = None,
+    audit_content: str = "full",
+    served_name: str | None = None,
+    max_queue: int | None = None,
+    max_body_bytes: int = 4 * 1024 * 1024,
+) -> FastAPI:
     """The OpenAI-compatible app of ``llm``.
 
     Args:
@@ -129,19 +140,31 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if key not in api_keys:
-            raise _Refused(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           "invalid_request_error", "invalid_api_key")
+            raise _Refused(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
         return api_keys[key]
 
     async def read_body(request: Request) -> dict:
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > max_body_bytes:
-            raise _Refused(413, f"request body over {max_body_bytes} bytes",
-                           "invalid_request_error", "body_too_large")
+            raise _Refused(
+                413,
+                f"request body over {max_body_bytes} bytes",
+                "invalid_request_error",
+                "body_too_large",
+            )
         raw = await request.body()
         if len(raw) > max_body_bytes:
-            raise _Refused(413, f"request body over {max_body_bytes} bytes",
-                           "invalid_request_error", "body_too_large")
+            raise _Refused(
+                413,
+                f"request body over {max_body_bytes} bytes",
+                "invalid_request_error",
+                "body_too_large",
+            )
         try:
             body = json.loads(raw)
         except ValueError as e:
@@ -150,15 +173,22 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
             raise _Refused(400, "the body must be a JSON object", "invalid_request_error")
         model = body.get("model")
         if model is not None and model != name:
-            raise _Refused(404, f"model {model!r} is not served here; this server serves "
-                           f"{name!r} (GET /v1/models)", "invalid_request_error",
-                           "model_not_found")
+            raise _Refused(
+                404,
+                f"model {model!r} is not served here; this server serves {name!r} (GET /v1/models)",
+                "invalid_request_error",
+                "model_not_found",
+            )
         return body
 
     def admit() -> None:
         if state["in_flight"] >= limit:
-            raise _Refused(429, f"{state['in_flight']} requests in flight (limit {limit}); "
-                           "retry shortly", "rate_limit_error", "queue_full")
+            raise _Refused(
+                429,
+                f"{state['in_flight']} requests in flight (limit {limit}); retry shortly",
+                "rate_limit_error",
+                "queue_full",
+            )
         state["in_flight"] += 1
         metrics.in_flight.set(state["in_flight"])
 
@@ -167,15 +197,32 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
         metrics.in_flight.set(state["in_flight"])
         metrics.queued.set(llm.scheduler.queued)
 
-    def record(rid: str, config: Any, request: dict, result: Any, t0: float,
-               tenant: str | None, user: str | None) -> None:
+    def record(
+        rid: str,
+        config: Any,
+        request: dict,
+        result: Any,
+        t0: float,
+        tenant: str | None,
+        user: str | None,
+    ) -> None:
         """The answer's audit record, committed before its end is sent."""
         if audit is not None:
             from ..audit import make_entry
 
-            audit.append(make_entry(id=rid, llm=llm, config=config, request=request,
-                                    result=result, latency_s=time.perf_counter() - t0,
-                                    tenant=tenant, user=user, content=audit.content))
+            audit.append(
+                make_entry(
+                    id=rid,
+                    llm=llm,
+                    config=config,
+                    request=request,
+                    result=result,
+                    latency_s=time.perf_counter() - t0,
+                    tenant=tenant,
+                    user=user,
+                    content=audit.content,
+                )
+            )
         rel = result.reliability
         metrics.tokens.labels("prompt").inc(result.usage.prompt_tokens)
         metrics.tokens.labels("completion").inc(result.usage.completion_tokens)
@@ -197,9 +244,10 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
         config = llm.check_options(**overrides)  # the effective config, for the audit record
         want_lp = bool(kw.get("logprobs"))
         rid = P.new_id("chatcmpl" if chat else "cmpl")
-        req_record = {("messages" if chat else "prompt"): prompt if chat else prompt.as_record(),
-                      "params": {k: v for k, v in body.items() if k not in
-                                 ("messages", "prompt")}}
+        req_record = {
+            ("messages" if chat else "prompt"): prompt if chat else prompt.as_record(),
+            "params": {k: v for k, v in body.items() if k not in ("messages", "prompt")},
+        }
         user = body.get("user") if isinstance(body.get("user"), str) else None
         admit()
         if body.get("stream"):
@@ -212,11 +260,24 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
                 await events.aclose()
                 raise
             return StreamingResponse(
-                _sse(first, events, chat, rid, name, want_lp, include_usage, metrics, t0,
-                     lambda res: record(rid, config, req_record, res, t0, tenant, user),
-                     release, route, bool(body.get("return_tokens_as_token_ids"))),
+                _sse(
+                    first,
+                    events,
+                    chat,
+                    rid,
+                    name,
+                    want_lp,
+                    include_usage,
+                    metrics,
+                    t0,
+                    lambda res: record(rid, config, req_record, res, t0, tenant, user),
+                    release,
+                    route,
+                    bool(body.get("return_tokens_as_token_ids")),
+                ),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             result = await llm.agenerate(prompt, **kw)
             await asyncio.to_thread(record, rid, config, req_record, result, t0, tenant, user)
@@ -227,12 +288,17 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
         if chat:
             data = P.chat_completion(rid, name, result, want_lp)
         else:
-            data = P.text_completion(rid, name, result, want_lp,
-                                     bool(body.get("return_tokens_as_token_ids")))
+            data = P.text_completion(
+                rid, name, result, want_lp, bool(body.get("return_tokens_as_token_ids"))
+            )
         rel = result.reliability
-        return JSONResponse(data, headers={
-            "X-BlendIn-Reliability-Score": f"{rel.score:.4f}",
-            "X-BlendIn-Flagged": "true" if rel.flagged else "false"})
+        return JSONResponse(
+            data,
+            headers={
+                "X-BlendIn-Reliability-Score": f"{rel.score:.4f}",
+                "X-BlendIn-Flagged": "true" if rel.flagged else "false",
+            },
+        )
 
     @app.middleware("http")
     async def count_errors(request: Request, call_next: Any) -> Response:
@@ -253,14 +319,28 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         tenant_of(request)
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                            "owned_by": "blendin",
-                                            "max_model_len": llm.context_window}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "blendin",
+                    "max_model_len": llm.context_window,
+                }
+            ],
+        }
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": name, "running": llm.scheduler.running,
-                "queued": llm.scheduler.queued, "in_flight": state["in_flight"]}
+        return {
+            "status": "ok",
+            "model": name,
+            "running": llm.scheduler.running,
+            "queued": llm.scheduler.queued,
+            "in_flight": state["in_flight"],
+        }
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -270,13 +350,25 @@ def create_app(llm: Any, *, api_keys: dict[str, str] | None = None, audit: Any =
     return app
 
 
-async def _sse(first: Any, events: AsyncIterator, chat: bool, rid: str, name: str,
-               want_lp: bool, include_usage: bool, metrics: _Metrics, t0: float,
-               record: Any, release: Any, route: str, token_ids: bool = False
-               ) -> AsyncIterator[bytes]:
+async def _sse(
+    first: Any,
+    events: AsyncIterator,
+    chat: bool,
+    rid: str,
+    name: str,
+    want_lp: bool,
+    include_usage: bool,
+    metrics: _Metrics,
+    t0: float,
+    record: Any,
+    release: Any,
+    route: str,
+    token_ids: bool = False,
+) -> AsyncIterator[bytes]:
     """The answer as server-sent events; the audit record is committed before the last chunk.
     A client that goes away cancels this generator, which closes the engine's stream and frees
     its row at the next step."""
+
     def sse(obj: dict) -> bytes:
         return f"data: {json.dumps(obj)}\n\n".encode()
 
@@ -292,15 +384,18 @@ async def _sse(first: Any, events: AsyncIterator, chat: bool, rid: str, name: st
                 if chat:
                     delta = {"content": event.text} if event.text else {}
                     if result.tool_calls:
-                        delta["tool_calls"] = [dict(c, index=i) for i, c in
-                                               enumerate(P.tool_calls(result))]
-                    yield sse(P.chat_chunk(rid, name, delta, result.finish_reason,
-                                           reliability=rel))
+                        delta["tool_calls"] = [
+                            dict(c, index=i) for i, c in enumerate(P.tool_calls(result))
+                        ]
+                    yield sse(P.chat_chunk(rid, name, delta, result.finish_reason, reliability=rel))
                 else:
-                    yield sse(P.completion_chunk(rid, name, event.text, result.finish_reason,
-                                                 reliability=rel))
+                    yield sse(
+                        P.completion_chunk(
+                            rid, name, event.text, result.finish_reason, reliability=rel
+                        )
+                    )
                 if include_usage:
-                    last = (P.chat_chunk if chat else P.completion_chunk)
+                    last = P.chat_chunk if chat else P.completion_chunk
                     chunk = last(rid, name, {}) if chat else last(rid, name, "")
                     chunk["choices"] = []
                     chunk["usage"] = P.usage(result)
@@ -314,16 +409,32 @@ async def _sse(first: Any, events: AsyncIterator, chat: bool, rid: str, name: st
                     metrics.ttft.observe(time.perf_counter() - t0)
                     seen_first = True
                 if chat:
-                    yield sse(P.chat_chunk(rid, name, {"content": event.text},
-                                           logprob=event.logprob if want_lp else None))
+                    yield sse(
+                        P.chat_chunk(
+                            rid,
+                            name,
+                            {"content": event.text},
+                            logprob=event.logprob if want_lp else None,
+                        )
+                    )
                 else:
-                    yield sse(P.completion_chunk(
-                        rid, name, event.text, logprobs=P.completion_logprobs(
-                            [event.logprob], token_ids) if want_lp and event.logprob else None))
+                    yield sse(
+                        P.completion_chunk(
+                            rid,
+                            name,
+                            event.text,
+                            logprobs=P.completion_logprobs([event.logprob], token_ids)
+                            if want_lp and event.logprob
+                            else None,
+                        )
+                    )
             event = await events.__anext__()
     except BlendInError as exc:  # after the response started: an error event, then the end
-        yield sse(P.error_body(str(exc), "server_error" if isinstance(exc, AuditError)
-                               else "invalid_request_error"))
+        yield sse(
+            P.error_body(
+                str(exc), "server_error" if isinstance(exc, AuditError) else "invalid_request_error"
+            )
+        )
         yield b"data: [DONE]\n\n"
     finally:
         release()

@@ -17,8 +17,17 @@ from ..results import BlendResult, TokenLogprob
 
 # OpenAI fields mapped to the engine's names (the rest of the known ones are handled below)
 _RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens"}
-_DIRECT = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "tools",
-           "tool_choice", "parallel_tool_calls", "response_format")
+_DIRECT = (
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+)
 # OpenAI fields accepted and not used by the engine (they only describe the request)
 _IGNORED = ("user", "metadata", "store", "service_tier", "stream", "stream_options", "model", "n")
 # BlendIn's own per-request settings: sampling extras and the scalar BlendConfig fields
@@ -28,8 +37,11 @@ _EXTRA_SAMPLING = ("top_k", "repetition_penalty", "no_repeat_ngram_size", "ignor
 def blend_fields() -> tuple[str, ...]:
     """The BlendConfig fields a request may set (scalars: strategy, gamma, alpha, ...)."""
     default = BlendConfig()
-    return tuple(f.name for f in dataclasses.fields(BlendConfig)
-                 if isinstance(getattr(default, f.name), (str, int, float, type(None))))
+    return tuple(
+        f.name
+        for f in dataclasses.fields(BlendConfig)
+        if isinstance(getattr(default, f.name), (str, int, float, type(None)))
+    )
 
 
 def new_id(prefix: str) -> str:
@@ -41,11 +53,16 @@ def _text_content(content: Any, i: int) -> Any:
     if isinstance(content, list):
         texts = []
         for part in content:
-            if not (isinstance(part, Mapping) and part.get("type") == "text"
-                    and isinstance(part.get("text"), str)):
+            if not (
+                isinstance(part, Mapping)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
                 kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-                raise PromptError(f"messages[{i}]: content part of type {kind!r} is not "
-                                  "supported; send text parts ({'type': 'text', 'text': ...})")
+                raise PromptError(
+                    f"messages[{i}]: content part of type {kind!r} is not "
+                    "supported; send text parts ({'type': 'text', 'text': ...})"
+                )
             texts.append(part["text"])
         return "".join(texts)
     return content
@@ -69,14 +86,30 @@ def call_kwargs(body: Mapping[str, Any], extra_ok: tuple[str, ...]) -> dict[str,
     """The ``BlendedLLM.stream`` keyword arguments of a request body (its prompt excluded).
 
     Unknown fields are refused (GenerationArgumentError): a typo would otherwise be ignored."""
-    known = set(_RENAMED) | set(_DIRECT) | set(_IGNORED) | set(_EXTRA_SAMPLING) | set(extra_ok) \
-        | {"messages", "prompt", "stop", "logprobs", "top_logprobs", "echo", "suffix",
-           "best_of", "return_tokens_as_token_ids"}
+    known = (
+        set(_RENAMED)
+        | set(_DIRECT)
+        | set(_IGNORED)
+        | set(_EXTRA_SAMPLING)
+        | set(extra_ok)
+        | {
+            "messages",
+            "prompt",
+            "stop",
+            "logprobs",
+            "top_logprobs",
+            "echo",
+            "suffix",
+            "best_of",
+            "return_tokens_as_token_ids",
+        }
+    )
     unknown = sorted(set(body) - known)
     if unknown:
         raise GenerationArgumentError(
             f"unknown field(s) {unknown}; OpenAI fields, and BlendIn's "
-            f"{sorted(set(_EXTRA_SAMPLING) | set(extra_ok))}, are accepted")
+            f"{sorted(set(_EXTRA_SAMPLING) | set(extra_ok))}, are accepted"
+        )
     n = body.get("n", 1)
     if n not in (1, None):
         raise GenerationArgumentError("n must be 1: one answer per request")
@@ -106,48 +139,81 @@ def call_kwargs(body: Mapping[str, Any], extra_ok: tuple[str, ...]) -> dict[str,
 
 def usage(result: BlendResult) -> dict:
     u = result.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    }
 
 
 def tool_calls(result: BlendResult) -> list[dict]:
-    return [{"id": c.id, "type": "function",
-             "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-            for c in result.tool_calls]
+    return [
+        {
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+        }
+        for c in result.tool_calls
+    ]
 
 
 def _logprob_entry(lp: TokenLogprob) -> dict:
-    return {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes,
-            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
-                             for t in lp.top_logprobs]}
+    return {
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": lp.bytes,
+        "top_logprobs": [
+            {"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top_logprobs
+        ],
+    }
 
 
 def chat_completion(rid: str, model: str, result: BlendResult, logprobs: bool) -> dict:
-    message: dict[str, Any] = {"role": "assistant",
-                               "content": result.text if result.text or not result.tool_calls
-                               else None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": result.text if result.text or not result.tool_calls else None,
+    }
     if result.tool_calls:
         message["tool_calls"] = tool_calls(result)
     return {
-        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{
-            "index": 0, "message": message, "finish_reason": result.finish_reason,
-            "logprobs": {"content": [_logprob_entry(x) for x in result.logprobs or []]}
-            if logprobs else None,
-        }],
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": result.finish_reason,
+                "logprobs": {"content": [_logprob_entry(x) for x in result.logprobs or []]}
+                if logprobs
+                else None,
+            }
+        ],
         "usage": usage(result),
         "reliability": result.reliability.model_dump(mode="json"),
     }
 
 
-def chat_chunk(rid: str, model: str, delta: dict, finish: str | None = None,
-               logprob: TokenLogprob | None = None, **extra: Any) -> dict:
-    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish,
-                              "logprobs": None}
+def chat_chunk(
+    rid: str,
+    model: str,
+    delta: dict,
+    finish: str | None = None,
+    logprob: TokenLogprob | None = None,
+    **extra: Any,
+) -> dict:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
     if logprob is not None:
         choice["logprobs"] = {"content": [_logprob_entry(logprob)]}
-    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model, "choices": [choice], **extra}
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        **extra,
+    }
 
 
 def completion_prompt(prompt: Any) -> Any:
@@ -162,17 +228,27 @@ def completion_prompt(prompt: Any) -> Any:
         return RawPrompt(text=prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(i, int) for i in prompt):
         return RawPrompt(ids=prompt)
-    raise PromptError("'prompt' must be a string or a list of token ids (one prompt per "
-                      "request)")
+    raise PromptError("'prompt' must be a string or a list of token ids (one prompt per request)")
 
 
-def text_completion(rid: str, model: str, result: BlendResult, logprobs: bool,
-                    token_ids: bool = False) -> dict:
+def text_completion(
+    rid: str, model: str, result: BlendResult, logprobs: bool, token_ids: bool = False
+) -> dict:
     return {
-        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason,
-                     "logprobs": completion_logprobs(result.logprobs or [], token_ids)
-                     if logprobs else None}],
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "text": result.text,
+                "finish_reason": result.finish_reason,
+                "logprobs": completion_logprobs(result.logprobs or [], token_ids)
+                if logprobs
+                else None,
+            }
+        ],
         "usage": usage(result),
         "reliability": result.reliability.model_dump(mode="json"),
     }
@@ -182,22 +258,35 @@ def completion_logprobs(lps: list[TokenLogprob], token_ids: bool = False) -> dic
     """OpenAI's completions ``logprobs``; with ``token_ids`` (vLLM's
     ``return_tokens_as_token_ids``) tokens are written ``"token_id:<id>"``, which keeps tokens of
     equal text apart."""
+
     def name(t: Any) -> str:
         return f"token_id:{t.id}" if token_ids and t.id is not None else t.token
 
-    return {"tokens": [name(x) for x in lps], "token_logprobs": [x.logprob for x in lps],
-            "top_logprobs": [{name(t): t.logprob for t in x.top_logprobs} for x in lps],
-            "text_offset": []}
+    return {
+        "tokens": [name(x) for x in lps],
+        "token_logprobs": [x.logprob for x in lps],
+        "top_logprobs": [{name(t): t.logprob for t in x.top_logprobs} for x in lps],
+        "text_offset": [],
+    }
 
 
-def completion_chunk(rid: str, model: str, text: str, finish: str | None = None,
-                     logprobs: dict | None = None, **extra: Any) -> dict:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish,
-                         "logprobs": logprobs}],
-            **extra}
+def completion_chunk(
+    rid: str,
+    model: str,
+    text: str,
+    finish: str | None = None,
+    logprobs: dict | None = None,
+    **extra: Any,
+) -> dict:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
+        **extra,
+    }
 
 
-def error_body(message: str, type_: str, code: str | None = None,
-               param: str | None = None) -> dict:
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}

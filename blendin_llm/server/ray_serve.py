@@ -31,22 +31,44 @@ class _Replica:
         from .app import create_app
 
         o = self.options
-        llm = build_pair(o["base"], o.get("guides") or None, strategy=o.get("strategy", "blendin"),
-                         gamma=o.get("gamma", 0.4), alpha=o.get("alpha", "auto"))
+        llm = build_pair(
+            o["base"],
+            o.get("guides") or None,
+            strategy=o.get("strategy", "blendin"),
+            gamma=o.get("gamma", 0.4),
+            alpha=o.get("alpha", "auto"),
+        )
         llm.scheduler.max_batch_size = o.get("max_batch_size", 16)
-        return create_app(llm, api_keys=o.get("api_keys"), audit=o.get("audit"),
-                          audit_content=o.get("audit_content", "full"),
-                          served_name=o.get("served_name"), max_queue=o.get("max_queue"))
+        return create_app(
+            llm,
+            api_keys=o.get("api_keys"),
+            audit=o.get("audit"),
+            audit_content=o.get("audit_content", "full"),
+            served_name=o.get("served_name"),
+            max_queue=o.get("max_queue"),
+        )
 
 
-def deployment(base: str, guides: list[str] | None = None, *, strategy: str = "blendin",
-               gamma: float = 0.4, alpha: str | float = "auto", replicas: int = 1,
-               min_replicas: int | None = None, max_replicas: int | None = None,
-               ray_actor_options: dict[str, Any] | None = None, max_batch_size: int = 16,
-               max_ongoing_requests: int | None = None, api_keys: dict[str, str] | None = None,
-               audit: str | None = None, audit_content: str = "full",
-               served_name: str | None = None, max_queue: int | None = None,
-               name: str = "blendin") -> Any:
+def deployment(
+    base: str,
+    guides: list[str] | None = None,
+    *,
+    strategy: str = "blendin",
+    gamma: float = 0.4,
+    alpha: str | float = "auto",
+    replicas: int = 1,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    ray_actor_options: dict[str, Any] | None = None,
+    max_batch_size: int = 16,
+    max_ongoing_requests: int | None = None,
+    api_keys: dict[str, str] | None = None,
+    audit: str | None = None,
+    audit_content: str = "full",
+    served_name: str | None = None,
+    max_queue: int | None = None,
+    name: str = "blendin",
+) -> Any:
     """The Ray Serve application of a blend (pass it to ``serve.run``).
 
     Args:
@@ -74,14 +96,28 @@ def deployment(base: str, guides: list[str] | None = None, *, strategy: str = "b
         raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
     several = max(replicas, max_replicas or 1) > 1  # now, or once autoscaling adds replicas
     if audit and several and not str(audit).startswith(("postgresql://", "postgres://")):
-        raise ConfigError("several replicas share an audit log only through PostgreSQL: pass "
-                          "audit='postgresql://...' (a SQLite file belongs to one process)")
-    options = dict(base=base, guides=list(guides or []), strategy=strategy, gamma=gamma,
-                   alpha=alpha, max_batch_size=max_batch_size, api_keys=api_keys, audit=audit,
-                   audit_content=audit_content, served_name=served_name, max_queue=max_queue)
+        raise ConfigError(
+            "several replicas share an audit log only through PostgreSQL: pass "
+            "audit='postgresql://...' (a SQLite file belongs to one process)"
+        )
+    options = dict(
+        base=base,
+        guides=list(guides or []),
+        strategy=strategy,
+        gamma=gamma,
+        alpha=alpha,
+        max_batch_size=max_batch_size,
+        api_keys=api_keys,
+        audit=audit,
+        audit_content=audit_content,
+        served_name=served_name,
+        max_queue=max_queue,
+    )
     kwargs: dict[str, Any] = dict(
-        name=name, ray_actor_options=ray_actor_options or {"num_cpus": 1},
-        max_ongoing_requests=max_ongoing_requests or 4 * max_batch_size)
+        name=name,
+        ray_actor_options=ray_actor_options or {"num_cpus": 1},
+        max_ongoing_requests=max_ongoing_requests or 4 * max_batch_size,
+    )
     if min_replicas is not None or max_replicas is not None:
         kwargs["autoscaling_config"] = {
             "min_replicas": min_replicas if min_replicas is not None else 1,
@@ -95,8 +131,13 @@ def deployment(base: str, guides: list[str] | None = None, *, strategy: str = "b
     return serve.deployment(ingress, **kwargs).bind(options)
 
 
-def run(app: Any, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
-        blocking: bool = True) -> None:
+def run(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    num_cpus: int | None = None,
+    blocking: bool = True,
+) -> None:
     """Start (or join) a local Ray cluster, serve ``app`` at ``http://host:port/v1``, and, with
     ``blocking``, wait until interrupted."""
     import time

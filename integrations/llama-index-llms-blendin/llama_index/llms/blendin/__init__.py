@@ -10,5 +10,11 @@ from .base import (
     with_reliability,
 )
 
-__all__ = ["BlendIn", "BlendInReliabilityEvent", "ReliableQueryEngine", "with_reliability",
-           "LowReliabilityError", "to_core_messages"]
+__all__ = [
+    "BlendIn",
+    "BlendInReliabilityEvent",
+    "ReliableQueryEngine",
+    "with_reliability",
+    "LowReliabilityError",
+    "to_core_messages",
+]

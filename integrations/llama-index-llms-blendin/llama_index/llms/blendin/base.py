@@ -14,9 +14,6 @@ import contextvars
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Optional, TypeVar
 
-from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
-from blendin_llm.errors import ConfigError, PromptError, settings_error
-from blendin_llm.options import OPTION_NAMES, build_llm, call_options
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
     astream_chat_to_completion_decorator,
@@ -52,13 +49,23 @@ from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import PydanticProgramMode
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
+from blendin_llm.errors import ConfigError, PromptError, settings_error
+from blendin_llm.options import OPTION_NAMES, build_llm, call_options
+
 Model = TypeVar("Model", bound=BaseModel)
 
 dispatcher = get_dispatcher(__name__)
 
-_ROLES = {MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system", MessageRole.USER: "user",
-          MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant",
-          MessageRole.MODEL: "assistant", MessageRole.TOOL: "tool"}
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.TOOL: "tool",
+}
 
 
 class BlendInReliabilityEvent(BaseEvent):
@@ -81,15 +88,22 @@ def to_core_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     for i, m in enumerate(messages):
         role = _ROLES.get(m.role)
         if role is None:
-            raise PromptError(f"message {i} has role {m.role.value!r}; BlendIn takes system, user, "
-                              "assistant and tool messages")
+            raise PromptError(
+                f"message {i} has role {m.role.value!r}; BlendIn takes system, user, "
+                "assistant and tool messages"
+            )
         texts, calls = [], []
         for block in m.blocks:
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolCallBlock):  # an assistant's call: blocks only
-                calls.append({"id": block.tool_call_id, "name": block.tool_name,
-                              "arguments": block.tool_kwargs})
+                calls.append(
+                    {
+                        "id": block.tool_call_id,
+                        "name": block.tool_name,
+                        "arguments": block.tool_kwargs,
+                    }
+                )
             elif not isinstance(block, ThinkingBlock):
                 raise PromptError(
                     f"message {i} has a {type(block).__name__}; these models read text only "
@@ -109,17 +123,23 @@ def to_core_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 def _logprobs(entries: list | None) -> Optional[list[list[LogProb]]]:
     if entries is None:
         return None
-    return [[LogProb(token=e.token, logprob=e.logprob, bytes=e.bytes)]
-            + [LogProb(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top_logprobs]
-            for e in entries]
+    return [
+        [LogProb(token=e.token, logprob=e.logprob, bytes=e.bytes)]
+        + [LogProb(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top_logprobs]
+        for e in entries
+    ]
 
 
 def _extras(res: BlendResult) -> dict[str, Any]:
-    return {"reliability": res.reliability.model_dump(), "finish_reason": res.finish_reason,
-            "stop_sequence": res.stop_sequence, "model_name": res.model,
-            "prompt_tokens": res.usage.prompt_tokens,
-            "completion_tokens": res.usage.completion_tokens,
-            "total_tokens": res.usage.total_tokens}
+    return {
+        "reliability": res.reliability.model_dump(),
+        "finish_reason": res.finish_reason,
+        "stop_sequence": res.stop_sequence,
+        "model_name": res.model,
+        "prompt_tokens": res.usage.prompt_tokens,
+        "completion_tokens": res.usage.completion_tokens,
+        "total_tokens": res.usage.total_tokens,
+    }
 
 
 def _message(text: str, res: BlendResult | None) -> ChatMessage:
@@ -131,21 +151,32 @@ def _message(text: str, res: BlendResult | None) -> ChatMessage:
         kwargs["invalid_tool_calls"] = [c.model_dump() for c in res.invalid_tool_calls]
     blocks: list = [TextBlock(text=text)]
     if res is not None:
-        blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments)
-                   for c in res.tool_calls]
+        blocks += [
+            ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments)
+            for c in res.tool_calls
+        ]
     return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=kwargs)
 
 
 def _dispatch(res: BlendResult) -> None:
-    dispatcher.event(BlendInReliabilityEvent(
-        model_name=res.model, reliability=res.reliability.model_dump(),
-        finish_reason=res.finish_reason, text=res.text))
+    dispatcher.event(
+        BlendInReliabilityEvent(
+            model_name=res.model,
+            reliability=res.reliability.model_dump(),
+            finish_reason=res.finish_reason,
+            text=res.text,
+        )
+    )
 
 
 def to_chat_response(res: BlendResult) -> ChatResponse:
     _dispatch(res)
-    return ChatResponse(message=_message(res.text, res), raw=res.model_dump(),
-                        logprobs=_logprobs(res.logprobs), additional_kwargs=_extras(res))
+    return ChatResponse(
+        message=_message(res.text, res),
+        raw=res.model_dump(),
+        logprobs=_logprobs(res.logprobs),
+        additional_kwargs=_extras(res),
+    )
 
 
 def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
@@ -155,15 +186,23 @@ def to_stream_response(event: StreamEvent, text: str) -> ChatResponse:
         return ChatResponse(message=_message(text, None), delta=event.text, logprobs=lp)
     res = event.result
     _dispatch(res)
-    return ChatResponse(message=_message(text, res), delta=event.text, raw=res.model_dump(),
-                        additional_kwargs=_extras(res))
+    return ChatResponse(
+        message=_message(text, res),
+        delta=event.text,
+        raw=res.model_dump(),
+        additional_kwargs=_extras(res),
+    )
 
 
 # -- the LLM -----------------------------------------------------------------------------------
 def _settings_error(e: ValidationError) -> ConfigError:
     """A pydantic error on the constructor's arguments, as the library's ConfigError."""
     own = sorted(set(BlendIn.model_fields) - set(FunctionCallingLLM.model_fields))
-    return settings_error("BlendIn", e.errors(), f"llm, model, base, guides, config, {', '.join(own)}, and LlamaIndex's callback_manager, system_prompt, ...")
+    return settings_error(
+        "BlendIn",
+        e.errors(),
+        f"llm, model, base, guides, config, {', '.join(own)}, and LlamaIndex's callback_manager, system_prompt, ...",
+    )
 
 
 class BlendIn(FunctionCallingLLM):
@@ -182,41 +221,86 @@ class BlendIn(FunctionCallingLLM):
     """
 
     model_name: str = Field(default="", description="defaults to the engine's name (base+guides)")
-    max_new_tokens: int = Field(default=256, strict=True, description="most tokens in an answer (>= 1)")
-    temperature: float = Field(default=0.0, strict=True, description="0 = greedy; sampling applies to the "
-                               "blended distribution")
+    max_new_tokens: int = Field(
+        default=256, strict=True, description="most tokens in an answer (>= 1)"
+    )
+    temperature: float = Field(
+        default=0.0,
+        strict=True,
+        description="0 = greedy; sampling applies to the blended distribution",
+    )
     top_p: float = Field(default=1.0, strict=True, description="nucleus sampling, in (0, 1]")
     top_k: int = Field(default=0, strict=True, description="top-k sampling, 0 = off")
-    seed: Optional[int] = Field(default=None, strict=True, description="makes sampled answers reproducible")
+    seed: Optional[int] = Field(
+        default=None, strict=True, description="makes sampled answers reproducible"
+    )
     context_window: Optional[int] = Field(
-        default=None, gt=0, strict=True, description="defaults to the blend's: the smallest of its models'")
-    stop: Optional[list[str]] = Field(default=None, description=(
-        "stop strings; a call's stop= adds to them (blendin_llm.options: stop is merged)"))
+        default=None,
+        gt=0,
+        strict=True,
+        description="defaults to the blend's: the smallest of its models'",
+    )
+    stop: Optional[list[str]] = Field(
+        default=None,
+        description=(
+            "stop strings; a call's stop= adds to them (blendin_llm.options: stop is merged)"
+        ),
+    )
     logprobs: bool = Field(default=False, strict=True, description="log-probs on each response")
     top_logprobs: int = Field(default=0, strict=True, description="alternatives per token, 0-20")
-    repetition_penalty: Optional[float] = Field(default=None, strict=True, description=(
-        "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
-        "probability raised to this power; None = the engine's default"))
-    frequency_penalty: Optional[float] = Field(default=None, strict=True, description=(
-        "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
-        "much for each time it is already in the answer; None = the engine's default"))
-    presence_penalty: Optional[float] = Field(default=None, strict=True, description=(
-        "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
-        "much once it is in the answer; None = the engine's default"))
-    no_repeat_ngram_size: Optional[int] = Field(default=None, strict=True, description=(
-        "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
-        "in the answer; None = the engine's default"))
+    repetition_penalty: Optional[float] = Field(
+        default=None,
+        strict=True,
+        description=(
+            "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
+            "probability raised to this power; None = the engine's default"
+        ),
+    )
+    frequency_penalty: Optional[float] = Field(
+        default=None,
+        strict=True,
+        description=(
+            "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+            "much for each time it is already in the answer; None = the engine's default"
+        ),
+    )
+    presence_penalty: Optional[float] = Field(
+        default=None,
+        strict=True,
+        description=(
+            "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
+            "much once it is in the answer; None = the engine's default"
+        ),
+    )
+    no_repeat_ngram_size: Optional[int] = Field(
+        default=None,
+        strict=True,
+        description=(
+            "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
+            "in the answer; None = the engine's default"
+        ),
+    )
     strategy: Optional[str] = Field(default=None, description="per-model override of the strategy")
-    gamma: Optional[float] = Field(default=None, strict=True, description="per-model override of gamma (>= 0)")
+    gamma: Optional[float] = Field(
+        default=None, strict=True, description="per-model override of gamma (>= 0)"
+    )
     alpha: Optional[float | Literal["auto"]] = Field(
-        default=None, description="per-model override of alpha ([0, 1] or 'auto')")
+        default=None, description="per-model override of alpha ([0, 1] or 'auto')"
+    )
 
     model_config = ConfigDict(extra="forbid")
 
     _llm: BlendedLLM = PrivateAttr()
 
-    def __init__(self, llm: BlendedLLM | None = None, model: Any = None, base: Any = None,
-                 guides: Any = None, config: BlendConfig | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        llm: BlendedLLM | None = None,
+        model: Any = None,
+        base: Any = None,
+        guides: Any = None,
+        config: BlendConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Args:
             llm: a loaded ``BlendedLLM`` to share (instead of ``model``).
             model: the base model: a preset name ("gemma-3-270m"), a directory, a ``.gguf``
@@ -234,8 +318,15 @@ class BlendIn(FunctionCallingLLM):
             super().__init__(**kwargs)
         except ValidationError as e:
             raise _settings_error(e) from None
-        self._llm = build_llm(self._fields(), owner="BlendIn", llm=llm, model=model, base=base,
-                              guides=guides, config=config)
+        self._llm = build_llm(
+            self._fields(),
+            owner="BlendIn",
+            llm=llm,
+            model=model,
+            base=base,
+            guides=guides,
+            config=config,
+        )
         self.model_name = self.model_name or self._llm.name
 
     def _fields(self) -> dict[str, Any]:
@@ -261,8 +352,13 @@ class BlendIn(FunctionCallingLLM):
     @property
     def metadata(self) -> LLMMetadata:
         ctx = self.context_window or self._llm.context_window or 4096
-        return LLMMetadata(context_window=ctx, num_output=self.max_new_tokens, is_chat_model=True,
-                           is_function_calling_model=True, model_name=self.model_name)
+        return LLMMetadata(
+            context_window=ctx,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=self.model_name,
+        )
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -287,8 +383,9 @@ class BlendIn(FunctionCallingLLM):
         return to_chat_response(await self._llm.agenerate(to_core_messages(messages), **opts))
 
     @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any
-                           ) -> ChatResponseAsyncGen:
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
         core, opts = to_core_messages(messages), self._opts(kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
@@ -305,37 +402,54 @@ class BlendIn(FunctionCallingLLM):
         return chat_to_completion_decorator(self.chat)(prompt, **kwargs)
 
     @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
-                        ) -> CompletionResponseGen:
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
         return stream_chat_to_completion_decorator(self.stream_chat)(prompt, **kwargs)
 
     @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any
-                        ) -> CompletionResponse:
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
         return await achat_to_completion_decorator(self.achat)(prompt, **kwargs)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
-                               ) -> CompletionResponseAsyncGen:
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
         return await astream_chat_to_completion_decorator(self.astream_chat)(prompt, **kwargs)
 
     # -- tools ---------------------------------------------------------------------------------
-    def _prepare_chat_with_tools(self, tools: Sequence[Any], user_msg: Any = None,
-                                 chat_history: Optional[list[ChatMessage]] = None,
-                                 verbose: bool = False, allow_parallel_tool_calls: bool = False,
-                                 tool_required: bool = False, **kwargs: Any) -> dict[str, Any]:
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: Any = None,
+        chat_history: Optional[list[ChatMessage]] = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         messages = list(chat_history or [])
         if user_msg is not None:
-            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg)
-                            if isinstance(user_msg, str) else user_msg)
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg)
+                if isinstance(user_msg, str)
+                else user_msg
+            )
         # a program passes tool_choice=None when it has no preference
         choice = kwargs.pop("tool_choice", None) or ("required" if tool_required else "auto")
-        return {"messages": messages, "tools": [t.metadata.to_openai_tool() for t in tools],
-                "tool_choice": choice, "parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
+        return {
+            "messages": messages,
+            "tools": [t.metadata.to_openai_tool() for t in tools],
+            "tool_choice": choice,
+            "parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
 
-    def get_tool_calls_from_response(self, response: ChatResponse,
-                                     error_on_no_tool_call: bool = True,
-                                     **kwargs: Any) -> list[ToolSelection]:
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
         """The response's ``ToolCallBlock``s as ``ToolSelection``s.
 
         Raises:
@@ -343,19 +457,34 @@ class BlendIn(FunctionCallingLLM):
         """
         calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
         if not calls and error_on_no_tool_call:
-            raise ValueError(f"expected at least one tool call, got none: {response.message.content!r}")
-        return [ToolSelection(tool_id=c.tool_call_id or "", tool_name=c.tool_name,
-                              tool_kwargs=c.tool_kwargs) for c in calls]
+            raise ValueError(
+                f"expected at least one tool call, got none: {response.message.content!r}"
+            )
+        return [
+            ToolSelection(
+                tool_id=c.tool_call_id or "", tool_name=c.tool_name, tool_kwargs=c.tool_kwargs
+            )
+            for c in calls
+        ]
 
     # -- structured output on the engine's JSON mode ----------------------------------------------
-    def _json_request(self, output_cls: type[BaseModel], prompt: BasePromptTemplate,
-                      llm_kwargs: Optional[dict[str, Any]], prompt_args: dict[str, Any]
-                      ) -> tuple[list[ChatMessage], dict[str, Any]]:
-        dispatcher.event(LLMStructuredPredictStartEvent(
-            output_cls=output_cls, template=prompt, template_args=prompt_args))
+    def _json_request(
+        self,
+        output_cls: type[BaseModel],
+        prompt: BasePromptTemplate,
+        llm_kwargs: Optional[dict[str, Any]],
+        prompt_args: dict[str, Any],
+    ) -> tuple[list[ChatMessage], dict[str, Any]]:
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(
+                output_cls=output_cls, template=prompt, template_args=prompt_args
+            )
+        )
         schema = output_cls.model_json_schema()
-        kwargs = {**(llm_kwargs or {}),
-                  "response_format": {"type": "json_schema", "schema": schema}}
+        kwargs = {
+            **(llm_kwargs or {}),
+            "response_format": {"type": "json_schema", "schema": schema},
+        }
         return self._get_messages(prompt, **prompt_args), kwargs
 
     @staticmethod
@@ -365,9 +494,13 @@ class BlendIn(FunctionCallingLLM):
         return out
 
     @dispatcher.span
-    def structured_predict(self, output_cls: type[Model], prompt: BasePromptTemplate,
-                           llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any
-                           ) -> Model:
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: Optional[dict[str, Any]] = None,
+        **prompt_args: Any,
+    ) -> Model:
         """An answer parsed into ``output_cls``, written in the engine's JSON mode: the schema is
         in the prompt and the answer is one JSON object (``response_format`` json_schema), so no
         tool call is needed. Another ``pydantic_program_mode`` than the default uses LlamaIndex's
@@ -392,19 +525,24 @@ class BlendIn(FunctionCallingLLM):
         return self._parsed(output_cls, self.chat(messages, **kwargs))
 
     @dispatcher.span
-    async def astructured_predict(self, output_cls: type[Model], prompt: BasePromptTemplate,
-                                  llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any
-                                  ) -> Model:
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: Optional[dict[str, Any]] = None,
+        **prompt_args: Any,
+    ) -> Model:
         """``structured_predict`` for asyncio."""
         if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
-            return await super().astructured_predict(output_cls, prompt, llm_kwargs,
-                                                     **prompt_args)
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
         messages, kwargs = self._json_request(output_cls, prompt, llm_kwargs, prompt_args)
         return self._parsed(output_cls, await self.achat(messages, **kwargs))
 
 
 # -- reliability for query engines ---------------------------------------------------------------
-_sinks: contextvars.ContextVar[tuple[list, ...]] = contextvars.ContextVar("blendin_sinks", default=())
+_sinks: contextvars.ContextVar[tuple[list, ...]] = contextvars.ContextVar(
+    "blendin_sinks", default=()
+)
 
 
 class _Recorder(BaseEventHandler):
@@ -445,8 +583,9 @@ class ReliableQueryEngine:
     (every call's) and ``"flagged"``. With ``raise_on_low=True`` (or ``min_score``) a low answer
     raises ``LowReliabilityError`` instead, for a caller that routes or retries."""
 
-    def __init__(self, query_engine: Any, *, raise_on_low: bool = False,
-                 min_score: float | None = None) -> None:
+    def __init__(
+        self, query_engine: Any, *, raise_on_low: bool = False, min_score: float | None = None
+    ) -> None:
         _ensure_recorder()
         self.query_engine = query_engine
         self.raise_on_low = raise_on_low or min_score is not None
@@ -457,8 +596,11 @@ class ReliableQueryEngine:
             raise RuntimeError("no BlendIn answer was recorded; is Settings.llm a BlendIn LLM?")
         rec = records[-1].reliability
         response.metadata = dict(response.metadata or {})
-        response.metadata.update(reliability=rec, flagged=rec["flagged"],
-                                 reliability_records=[r.reliability for r in records])
+        response.metadata.update(
+            reliability=rec,
+            flagged=rec["flagged"],
+            reliability_records=[r.reliability for r in records],
+        )
         if self.raise_on_low:
             check_reliability(rec, min_score=self.min_score, answer=str(response))
         return response
