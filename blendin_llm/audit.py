@@ -41,6 +41,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .config import BlendConfig
 from .errors import AuditError, ConfigError
 
 SCHEMA_VERSION = 1
@@ -272,8 +273,8 @@ def _model_block(llm: Any) -> dict:
 def _config_dict(config: Any) -> dict:
     if config is None:
         return {}
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return json.loads(canonical_json(dataclasses.asdict(config)))
+    if isinstance(config, BlendConfig):
+        return json.loads(canonical_json(config.to_dict()))
     if isinstance(config, Mapping):
         return json.loads(canonical_json(config))
     raise ConfigError(f"config must be a BlendConfig or its dict, got {type(config).__name__}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import inspect
 import math
@@ -262,10 +261,10 @@ class BlendedLLM:
     def _resolve_config(self, overrides: dict[str, Any]) -> BlendConfig:
         if not overrides:
             return self.config
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(BlendConfig)}
+        unknown = set(overrides) - set(BlendConfig.model_fields)
         if unknown:
             raise ConfigError(f"unknown option(s) {sorted(unknown)}")
-        config = dataclasses.replace(self.config, **overrides)
+        config = self.config.replace(**overrides)
         self._check_config(config)
         return config
 
@@ -459,7 +458,7 @@ class BlendedLLM:
             None
             if self.audit is None
             else dict(  # AUDIT: the call's parameters, as asked
-                params=dataclasses.asdict(params),
+                params=params.to_dict(),
                 tools=a["tools"],
                 tool_choice=a["tool_choice"],
                 parallel_tool_calls=a["parallel_tool_calls"],
@@ -469,7 +468,7 @@ class BlendedLLM:
             )
         )
         if self.turn_stops and not isinstance(prompt, RawPrompt):
-            params = dataclasses.replace(params, stop=params.stop + self.turn_stops)
+            params = params.replace(stop=params.stop + self.turn_stops)
         config = self._resolve_config(overrides)
         gen, active = self._prepare(
             prompt,

@@ -19,7 +19,6 @@ both and neither keeps its own copy of the mapping. The rules:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +51,7 @@ OPTION_NAMES: tuple[str, ...] = (
     "alpha",
 )
 # the BlendConfig fields a face may override per model (and a call per call)
-_BLEND_NAMES = frozenset(f.name for f in dataclasses.fields(BlendConfig))
+_BLEND_NAMES = frozenset(BlendConfig.model_fields)
 
 
 def merge_stops(*stops: str | Sequence[str] | None) -> list[str] | None:
@@ -126,7 +125,7 @@ def check_settings(
             name of it).
     """
     opts = call_options(fields)
-    sampling = {f.name for f in dataclasses.fields(SamplingParams)}
+    sampling = set(SamplingParams.model_fields)
     kwargs = {k: v for k, v in opts.items() if k in sampling}
     kwargs["stop"] = opts["stop"] or ()
     kwargs["logprobs"] = (
@@ -142,7 +141,7 @@ def check_settings(
         )
         raise ConfigError(f"{owner}: {e}{names}") from None
     config = BlendConfig() if config is None else config
-    return dataclasses.replace(config, **blend_overrides(fields))  # ConfigError for a bad value
+    return config.replace(**blend_overrides(fields))  # ConfigError for a bad value
 
 
 def build_llm(

@@ -15,7 +15,6 @@ file, or a hub id) without loading anything, so that a typo is reported before a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import fcntl
 import hashlib
@@ -573,14 +572,14 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     if source in PRESETS:
         p = PRESETS[source]
         path = converted_dir(Path(p.name), p.sha256, p.name, p.sha256, p.locate)
-        fields = ModelSpec.__dataclass_fields__
+        fields = ModelSpec.model_fields
         defaults = {k: v for k, v in p.spec.items() if getattr(spec, k) == fields[k].default}
-        return dataclasses.replace(spec, source=str(path), name=spec.name or p.name, **defaults)
+        return spec.replace(source=str(path), name=spec.name or p.name, **defaults)
     if source.lower().endswith(".gguf"):
         gguf = Path(source).expanduser()
         key = sha256_file(gguf)
         path = converted_dir(gguf, key, gguf.stem.lower())
-        return dataclasses.replace(spec, source=str(path), name=spec.name or gguf.stem)
+        return spec.replace(source=str(path), name=spec.name or gguf.stem)
     return spec
 
 

@@ -245,9 +245,7 @@ class RemoteModel(ModelBackend):
         self.retried = 0
         self.spec = spec or ModelSpec(source=model)
         if spec is None or spec.name is None:
-            import dataclasses
-
-            self.spec = dataclasses.replace(self.spec, name=name or model)
+            self.spec = self.spec.replace(name=name or model)
         self.tokenizer, self._eos = self._load_tokenizer(
             tokenizer if tokenizer is not None else model, eos_token_ids
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import warnings
 from collections.abc import Iterator
@@ -65,7 +64,7 @@ class TransformersBackend(ModelBackend):
             )
         if not spec.source and not spec.name:
             label = getattr(model, "name_or_path", "") or type(model).__name__
-            spec = dataclasses.replace(spec, name=label)
+            spec = spec.replace(name=label)
         self.spec = spec
         self.model = model.eval()
         self.tokenizer = tokenizer

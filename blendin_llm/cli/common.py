@@ -104,7 +104,7 @@ def _check_call(call: dict[str, Any]) -> None:
 
     for s in call.get("stop") or ():
         _check_text("a stop string", s, GenerationArgumentError)
-    known = SamplingParams.__dataclass_fields__
+    known = SamplingParams.model_fields
     SamplingParams(
         **{
             k: (tuple(v) if k == "stop" and v else v)

@@ -96,10 +96,8 @@ def eval_cmd(
         llm = _build(base, guide or [DEFAULT_GUIDE], "blendin", gamma, "auto", None)
         llm.scheduler.max_batch_size = max(llm.scheduler.max_batch_size, batch_size)
         if prof is not None:
-            import dataclasses
-
-            rel = dataclasses.replace(llm.config.reliability, score_model=prof)
-            llm.config = dataclasses.replace(llm.config, reliability=rel)
+            rel = llm.config.reliability.replace(score_model=prof)
+            llm.config = llm.config.replace(reliability=rel)
             llm._check_config(llm.config)  # the pair check: refused for other models
         records = run_eval(
             llm,

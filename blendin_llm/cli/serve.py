@@ -103,13 +103,11 @@ def serve(
         llm = _build(base, guide, strategy, gamma, alpha, None)
         llm.scheduler.max_batch_size = max_batch_size
         if profile:
-            import dataclasses
-
             from ..config import load_profile
 
             prof = load_profile(profile)["score_model"]
-            rel = dataclasses.replace(llm.config.reliability, score_model=prof)
-            llm.config = dataclasses.replace(llm.config, reliability=rel)
+            rel = llm.config.reliability.replace(score_model=prof)
+            llm.config = llm.config.replace(reliability=rel)
             llm._check_config(llm.config)
         app_ = create_app(
             llm, api_keys=keys, audit=log, max_queue=max_queue, served_name=served_model_name

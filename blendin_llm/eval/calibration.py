@@ -31,7 +31,6 @@ models is refused by ``BlendedLLM`` (``force=True`` applies it anyway).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import statistics
@@ -162,7 +161,7 @@ def calibrate(
         fitting = [g for g in GAMMAS if predicted[g] <= target_rate]
         gamma = max(fitting) if fitting else GAMMAS[0]
 
-    pass2 = dataclasses.replace(llm.config, strategy="blendin", gamma=gamma, alpha="auto")
+    pass2 = llm.config.replace(strategy="blendin", gamma=gamma, alpha="auto")
     records: list[dict] = []
     if labelled:
         from .datasets import Dataset
@@ -252,7 +251,7 @@ def calibrate(
     if m["alpha_std"] is not None and m["alpha_std"] < 0.05 and m["mean_alpha"] is not None:
         alpha = round(m["mean_alpha"], 2)
     strategy = "base_only" if verdict == "bad" else "blendin"
-    config = dataclasses.replace(llm.config, strategy=strategy, gamma=gamma, alpha=alpha)
+    config = llm.config.replace(strategy=strategy, gamma=gamma, alpha=alpha)
     models = {
         "base": llm.base.spec.source or llm.base.name,
         "guides": [g.spec.source or g.name for g in llm.guides],
@@ -300,8 +299,8 @@ def calibrate(
         )
         # it scores the answers of the strategy it was fitted on (blendin), also when the verdict
         # recommends base_only: per call, strategy="blendin" answers get the calibrated score
-        rel = dataclasses.replace(config.reliability, score_model=score_model)
-        config = dataclasses.replace(config, reliability=rel)
+        rel = config.reliability.replace(score_model=score_model)
+        config = config.replace(reliability=rel)
     return Calibration(
         verdict,
         reasons,

@@ -79,7 +79,7 @@ class StrategyRun:
             over[key.strip()] = _value(value.strip())
         try:
             BlendConfig(**over)  # check names and values now, not after an hour of decoding
-        except TypeError as e:
+        except ConfigError as e:
             raise ConfigError(f"bad strategy {text!r}: {e}") from None
         return cls(text.strip(), over)
 

@@ -4,7 +4,6 @@ every rule about decoding, blending and validation stays in the engine.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import uuid
@@ -38,9 +37,9 @@ def blend_fields() -> tuple[str, ...]:
     """The BlendConfig fields a request may set (scalars: strategy, gamma, alpha, ...)."""
     default = BlendConfig()
     return tuple(
-        f.name
-        for f in dataclasses.fields(BlendConfig)
-        if isinstance(getattr(default, f.name), (str, int, float, type(None)))
+        name
+        for name in BlendConfig.model_fields
+        if isinstance(getattr(default, name), (str, int, float, type(None)))
     )
 
 
