@@ -408,7 +408,8 @@ class SamplingParams(_Settings):
             TEMPERATURE_MAX,
         ),
     ] = 0.0
-    """0 (greedy) to ``TEMPERATURE_MAX`` (2, OpenAI's bound)."""
+    """0 = greedy (the default) up to 2 (OpenAI's bound); sampling applies to the final (blended)
+    distribution."""
     top_p: Annotated[
         float, Field(gt=0, le=1), _real("top_p", "a number in (0, 1]", 0.0, 1.0, lo_open=True)
     ] = 1.0

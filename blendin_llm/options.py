@@ -54,6 +54,24 @@ OPTION_NAMES: tuple[str, ...] = (
 _BLEND_NAMES = frozenset(BlendConfig.model_fields)
 
 
+def describe(name: str, note: str = "") -> str:
+    """The description of an engine setting, from the field that checks it (``SamplingParams`` or
+    ``BlendConfig``), so a face documents its fields in the engine's words.
+
+    Args:
+        name: the engine's name of the setting (``temperature``, ``gamma``, ...).
+        note: what the face adds (e.g. what None means there).
+
+    Returns:
+        The field's description, one line, then the note.
+    """
+    field = SamplingParams.model_fields.get(name) or BlendConfig.model_fields.get(name)
+    if field is None or not field.description:
+        raise KeyError(f"no engine setting {name!r}")
+    text = " ".join(field.description.split())
+    return f"{text} {note}".strip()
+
+
 def merge_stops(*stops: str | Sequence[str] | None) -> list[str] | None:
     """Stop strings from several places as one list: in order, each string once.
 

@@ -10,6 +10,7 @@ from blendin_llm.options import (
     build_llm,
     call_options,
     check_settings,
+    describe,
     merge_stops,
 )
 
@@ -117,3 +118,16 @@ def test_build_llm_loads_with_the_settings_config(tmp_path):
     llm = build_llm({"strategy": "base_only", "gamma": 0.2}, owner="Face", model=str(tmp_path),
                     guides=[])
     assert llm.guides == [] and (llm.config.strategy, llm.config.gamma) == ("base_only", 0.2)
+
+
+def test_faces_describe_the_engine_settings_in_the_engines_words():
+    from langchain_blendin import ChatBlendIn
+    from llama_index.llms.blendin import BlendIn
+
+    assert describe("gamma").startswith("The guides are consulted when")
+    assert describe("seed", "Face note.").endswith("Face note.")
+    with pytest.raises(KeyError, match="no engine setting 'max_tokens'"):
+        describe("max_tokens")
+    for face in (ChatBlendIn, BlendIn):
+        for name in ("temperature", "top_p", "seed", "frequency_penalty", "gamma", "alpha"):
+            assert face.model_fields[name].description.startswith(describe(name)), (face, name)

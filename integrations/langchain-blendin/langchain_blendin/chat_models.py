@@ -41,7 +41,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
 from blendin_llm import BlendResult, StreamEvent, check_reliability
 from blendin_llm.errors import ConfigError, PromptError, settings_error
-from blendin_llm.options import OPTION_NAMES, build_llm, call_options, merge_stops
+from blendin_llm.options import OPTION_NAMES, build_llm, call_options, describe, merge_stops
 from blendin_llm.sources import DEFAULT_GUIDE
 
 # per-call keyword arguments that LangChain itself passes to a chat model and that mean nothing to
@@ -338,13 +338,11 @@ class ChatBlendIn(BaseChatModel):
     temperature: float = Field(
         default=0.0,
         strict=True,
-        description="0 = greedy; sampling applies to the blended distribution",
+        description=describe("temperature"),
     )
-    top_p: float = Field(default=1.0, strict=True, description="nucleus sampling, in (0, 1]")
-    top_k: int = Field(default=0, strict=True, description="top-k sampling, 0 = off")
-    seed: int | None = Field(
-        default=None, strict=True, description="makes sampled answers reproducible"
-    )
+    top_p: float = Field(default=1.0, strict=True, description=describe("top_p"))
+    top_k: int = Field(default=0, strict=True, description=describe("top_k"))
+    seed: int | None = Field(default=None, strict=True, description=describe("seed"))
     stop: list[str] | None = Field(
         default=None,
         alias="stop_sequences",
@@ -361,41 +359,35 @@ class ChatBlendIn(BaseChatModel):
     repetition_penalty: float | None = Field(
         default=None,
         strict=True,
-        description=(
-            "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
-            "probability raised to this power; None = the engine's default"
-        ),
+        description=describe("repetition_penalty", "None = the engine's default."),
     )
     frequency_penalty: float | None = Field(
         default=None,
         strict=True,
-        description=(
-            "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
-            "much for each time it is already in the answer; None = the engine's default"
-        ),
+        description=describe("frequency_penalty", "None = the engine's default."),
     )
     presence_penalty: float | None = Field(
         default=None,
         strict=True,
-        description=(
-            "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
-            "much once it is in the answer; None = the engine's default"
-        ),
+        description=describe("presence_penalty", "None = the engine's default."),
     )
     no_repeat_ngram_size: int | None = Field(
         default=None,
         strict=True,
-        description=(
-            "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
-            "in the answer; None = the engine's default"
-        ),
+        description=describe("no_repeat_ngram_size", "None = the engine's default."),
     )
-    strategy: str | None = Field(default=None, description="per-model override of the strategy")
+    strategy: str | None = Field(
+        default=None,
+        description=describe("strategy", "A per-model override; None = the engine's config."),
+    )
     gamma: float | None = Field(
-        default=None, strict=True, description="per-model override of gamma (>= 0)"
+        default=None,
+        strict=True,
+        description=describe("gamma", "A per-model override; None = the engine's config."),
     )
     alpha: float | Literal["auto"] | None = Field(
-        default=None, description="per-model override of alpha ([0, 1] or 'auto')"
+        default=None,
+        description=describe("alpha", "A per-model override; None = the engine's config."),
     )
     streaming: bool = Field(
         default=False,

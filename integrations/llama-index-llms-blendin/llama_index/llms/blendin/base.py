@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
 from blendin_llm.errors import ConfigError, PromptError, settings_error
-from blendin_llm.options import OPTION_NAMES, build_llm, call_options
+from blendin_llm.options import OPTION_NAMES, build_llm, call_options, describe
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -227,13 +227,11 @@ class BlendIn(FunctionCallingLLM):
     temperature: float = Field(
         default=0.0,
         strict=True,
-        description="0 = greedy; sampling applies to the blended distribution",
+        description=describe("temperature"),
     )
-    top_p: float = Field(default=1.0, strict=True, description="nucleus sampling, in (0, 1]")
-    top_k: int = Field(default=0, strict=True, description="top-k sampling, 0 = off")
-    seed: Optional[int] = Field(
-        default=None, strict=True, description="makes sampled answers reproducible"
-    )
+    top_p: float = Field(default=1.0, strict=True, description=describe("top_p"))
+    top_k: int = Field(default=0, strict=True, description=describe("top_k"))
+    seed: Optional[int] = Field(default=None, strict=True, description=describe("seed"))
     context_window: Optional[int] = Field(
         default=None,
         gt=0,
@@ -251,41 +249,35 @@ class BlendIn(FunctionCallingLLM):
     repetition_penalty: Optional[float] = Field(
         default=None,
         strict=True,
-        description=(
-            "transformers' repetition penalty, > 0 (1.0 = off): a token already in the answer has its "
-            "probability raised to this power; None = the engine's default"
-        ),
+        description=describe("repetition_penalty", "None = the engine's default."),
     )
     frequency_penalty: Optional[float] = Field(
         default=None,
         strict=True,
-        description=(
-            "OpenAI's frequency penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
-            "much for each time it is already in the answer; None = the engine's default"
-        ),
+        description=describe("frequency_penalty", "None = the engine's default."),
     )
     presence_penalty: Optional[float] = Field(
         default=None,
         strict=True,
-        description=(
-            "OpenAI's presence penalty, in [-2, 2] (0 = off): a token's log-prob is lowered by this "
-            "much once it is in the answer; None = the engine's default"
-        ),
+        description=describe("presence_penalty", "None = the engine's default."),
     )
     no_repeat_ngram_size: Optional[int] = Field(
         default=None,
         strict=True,
-        description=(
-            "transformers' no_repeat_ngram_size, >= 0 (0 = off): no n-gram of this size occurs twice "
-            "in the answer; None = the engine's default"
-        ),
+        description=describe("no_repeat_ngram_size", "None = the engine's default."),
     )
-    strategy: Optional[str] = Field(default=None, description="per-model override of the strategy")
+    strategy: Optional[str] = Field(
+        default=None,
+        description=describe("strategy", "A per-model override; None = the engine's config."),
+    )
     gamma: Optional[float] = Field(
-        default=None, strict=True, description="per-model override of gamma (>= 0)"
+        default=None,
+        strict=True,
+        description=describe("gamma", "A per-model override; None = the engine's config."),
     )
     alpha: Optional[float | Literal["auto"]] = Field(
-        default=None, description="per-model override of alpha ([0, 1] or 'auto')"
+        default=None,
+        description=describe("alpha", "A per-model override; None = the engine's config."),
     )
 
     model_config = ConfigDict(extra="forbid")
