@@ -308,11 +308,17 @@ def create_app(
             metrics.requests.labels(route, str(response.status_code)).inc()
         return response
 
-    @app.post("/v1/chat/completions")
+    def documented(route: str) -> dict[str, Any]:  # the request body's schema, for /docs
+        schema = P.request_schema(route)
+        return {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+        }
+
+    @app.post("/v1/chat/completions", openapi_extra=documented("chat"))
     async def chat_completions(request: Request) -> Response:
         return await answer(request, "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=documented("completions"))
     async def completions(request: Request) -> Response:
         return await answer(request, "completions")
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import BlendConfig
+from ..config import BlendConfig, SamplingParams
 from ..errors import GenerationArgumentError, PromptError
 from ..results import BlendResult, TokenLogprob
 
@@ -41,6 +41,65 @@ def blend_fields() -> tuple[str, ...]:
         for name in BlendConfig.model_fields
         if isinstance(getattr(default, name), (str, int, float, type(None)))
     )
+
+
+def request_schema(route: str) -> dict[str, Any]:
+    """The JSON schema of a request body, for the OpenAPI document (``/docs``): OpenAI's fields and
+    BlendIn's, each with the bounds and description of the engine field it maps to
+    (``SamplingParams``, ``BlendConfig``), so the server documents exactly what the engine checks.
+
+    Args:
+        route: "chat" (``/v1/chat/completions``) or "completions" (``/v1/completions``).
+
+    Returns:
+        A JSON schema object.
+    """
+    sampling = SamplingParams.model_json_schema()["properties"]
+    blend = BlendConfig.model_json_schema()["properties"]
+    props: dict[str, Any] = {}
+    if route == "chat":
+        props["messages"] = {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "The conversation: {role, content} objects (text content).",
+        }
+        props["max_completion_tokens"] = sampling["max_new_tokens"]
+        props["logprobs"] = {"type": "boolean", "description": "Return each token's log-prob."}
+        props["top_logprobs"] = sampling["logprobs"]
+    else:
+        props["prompt"] = {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "integer"}},
+            ],
+            "description": "Text continued as is (no template), or its token ids.",
+        }
+        props["logprobs"] = sampling["logprobs"]
+        props["return_tokens_as_token_ids"] = {
+            "type": "boolean",
+            "description": "Log-prob tokens as 'token_id:<id>' (vLLM's convention).",
+        }
+    props["model"] = {"type": "string", "description": "The served model's name."}
+    props["max_tokens"] = sampling["max_new_tokens"]
+    props["stream"] = {"type": "boolean", "description": "Answer as server-sent events."}
+    props["stop"] = {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        "description": sampling["stop"]["description"],
+    }
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+        props[name] = sampling[name]
+    for name in _EXTRA_SAMPLING:
+        if name in sampling:
+            props[name] = sampling[name]
+    props["tools"] = {"type": "array", "items": {"type": "object"}, "description": "OpenAI tools."}
+    props["tool_choice"] = {"description": "'auto', 'none', 'required' or a named function."}
+    props["response_format"] = {"type": "object", "description": "json_object or json_schema."}
+    props["trace"] = {"type": "boolean", "description": "Return the per-token trace."}
+    for name in blend_fields():
+        if "$ref" not in json.dumps(blend[name]):  # the scalar settings
+            props[name] = blend[name]
+    required = ["messages"] if route == "chat" else ["prompt"]
+    return {"type": "object", "properties": props, "required": required}
 
 
 def new_id(prefix: str) -> str:

@@ -253,3 +253,15 @@ def test_tool_calls_and_json_answers_through_the_server():
         assert isinstance(json.loads(js.choices[0].message.content), dict)
     finally:
         s.stop()
+
+
+def test_the_openapi_document_describes_requests_with_the_engines_own_bounds(served):
+    doc = httpx.get(served.url + "/openapi.json", timeout=30).json()
+    for path, first in (("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        props = body["properties"]
+        assert body["required"] == [first]
+        assert props["temperature"]["maximum"] == 2.0 and props["top_p"]["exclusiveMinimum"] == 0
+        assert props["gamma"]["description"] == BlendConfig.model_fields["gamma"].description
+        assert props["max_tokens"]["minimum"] == 1
+        assert "$ref" not in json.dumps(body)  # self-contained: every field resolves
