@@ -49,9 +49,9 @@ def unsure(base_top1: float, gamma: float) -> bool:
 
 class ConsultPolicy:
     """Whether the guides are asked at a step: the strategy's gate (``Strategy.consult``), then the
-    run-time intervention cap (``MitigationConfig.intervention_cap``): the guides are kept out of a
-    step that would take the share of consulted steps above the cap. Counts its own steps; reads
-    nothing else.
+    run-time intervention cap (``MitigationConfig.intervention_cap``): a step is consulted only
+    while the consulted steps so far are fewer than cap x (steps so far, this one included), so at
+    most ceil(cap x n) of the first n steps are. Counts its own steps; reads nothing else.
 
     Args:
         strategy: the strategy whose ``consult`` gates the guides.
