@@ -313,7 +313,11 @@ class BlendConfig(_Settings):
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
-        """The names of the settings a call may override (every field)."""
+        """The names of the settings a call may override (every field).
+
+        Returns:
+            The field names.
+        """
         return tuple(cls.model_fields)
 
 
@@ -512,6 +516,12 @@ class ModelSpec(_Settings):
     """An already-loaded tokenizer (with ``model``)."""
 
     def __init__(self, source: str = _UNSET, /, **data: Any) -> None:
+        """A checked spec.
+
+        Args:
+            source: the ``source`` field, by position.
+            **data: the other fields (above).
+        """
         if source is not _UNSET:
             data["source"] = source
         super().__init__(**data)

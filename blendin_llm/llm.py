@@ -125,6 +125,22 @@ class BlendedLLM:
     appended to it (id = ``result.id``) and committed before the final event reaches the caller; a
     stream left before its end is recorded with ``finish_reason`` "abandoned" (see
     ``blendin_llm.audit``).
+
+    Args:
+        base: the base model: a preset name (``"gemma-3-270m"``), a directory, a ``.gguf`` file, a
+            hub id, a ``ModelSpec``, a ``(model, tokenizer)`` pair or a backend (``RemoteModel``).
+        guides: the guide model(s), each as ``base``; None or [] for none.
+        config: how to blend and flag (default ``BlendConfig()``).
+        name: the blend's name in results and logs (default ``base+guide+...``).
+        cross_vocab: "auto" or "always" (above).
+        lock_timeout: seconds any wait may take before ``BusyError``.
+        max_batch_size: most calls decoding at once.
+        prefix_cache_tokens: per model, tokens of shared prompt starts kept (0 = off).
+        audit: an ``AuditLog``, its URL, or None.
+
+    Raises:
+        ConfigError: a bad setting; ModelLoadError: a model that cannot be loaded;
+        IncompatibleModelsError: models that cannot be blended (e.g. on different devices).
     """
 
     def __init__(
@@ -177,7 +193,11 @@ class BlendedLLM:
 
     @property
     def max_batch_size(self) -> int:
-        """Most calls decoding at once (the others wait in arrival order)."""
+        """Most calls decoding at once (the others wait in arrival order).
+
+        Returns:
+            The limit set by ``max_batch_size=``.
+        """
         return self.scheduler.max_batch_size
 
     def _open_audit(self, audit: Any) -> Any:
@@ -201,9 +221,18 @@ class BlendedLLM:
         force: bool = False,
         **kwargs: Any,
     ) -> BlendedLLM:
-        """The pair and the recommended config of a profile written by ``blendin calibrate``
-        (``base``/``guides`` replace the models it names, e.g. already-loaded ones). A profile
-        whose score model was fitted for other models raises ConfigError unless ``force``."""
+        """The pair and the recommended config of a profile written by ``blendin calibrate``.
+
+        Args:
+            path: the profile (JSON).
+            base: replaces the base it names (e.g. an already-loaded model).
+            guides: replace the guides it names.
+            force: apply its score model even to other models (otherwise ConfigError).
+            **kwargs: the constructor's other arguments.
+
+        Returns:
+            The engine with the profile's config (and score model).
+        """
         from .config import load_profile
 
         prof = load_profile(path, force=force)
@@ -433,6 +462,25 @@ class BlendedLLM:
 
         ``config_overrides`` (``strategy=``, ``gamma=``, ``alpha=``, ...) replace fields of the
         instance's BlendConfig for this call only.
+
+        Args:
+            prompt: a string (templated as one user turn), a list of ``{role, content}`` messages,
+                or a ``RawPrompt`` (text or token ids continued as is).
+            max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos: sampling
+                (``SamplingParams`` says what each takes).
+            trace: record every step (``result.reliability.trace``).
+            tools, tool_choice, parallel_tool_calls, response_format: tool calls and JSON answers.
+            logprobs, top_logprobs: log-probs of the chosen tokens and their alternatives.
+            repetition_penalty, frequency_penalty, presence_penalty, no_repeat_ngram_size:
+                penalties (above).
+            **config_overrides: BlendConfig fields for this call.
+
+        Returns:
+            An iterator of ``StreamEvent``; the last one has ``done=True`` and ``result``.
+
+        Raises:
+            GenerationArgumentError, ConfigError, PromptError: bad arguments, before any decoding;
+            BusyError: no row within ``lock_timeout``.
         """
         call = {
             k: v for k, v in locals().items() if k not in ("self", "prompt", "config_overrides")
@@ -565,7 +613,15 @@ class BlendedLLM:
     async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` for asyncio: the call joins the same running batch; the event loop keeps
         running while it decodes. Leaving the loop early (or cancelling) frees its row at the next
-        step."""
+        step.
+
+        Args:
+            prompt: as for ``stream``.
+            **kwargs: as for ``stream``.
+
+        Returns:
+            An async iterator of ``StreamEvent`` (the last one carries the result).
+        """
         gen, active, audit = await asyncio.to_thread(self._start, prompt, **kwargs)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
@@ -591,7 +647,15 @@ class BlendedLLM:
                     return
 
     async def agenerate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
-        """``generate`` for asyncio (see ``astream``)."""
+        """``generate`` for asyncio (see ``astream``).
+
+        Args:
+            prompt: as for ``stream``.
+            **kwargs: as for ``stream``.
+
+        Returns:
+            The ``BlendResult``.
+        """
         result = None
         async for event in self.astream(prompt, **kwargs):
             result = event.result
@@ -646,7 +710,16 @@ class BlendedLLM:
         return results  # type: ignore[return-value]
 
     def generate(self, prompt: PromptLike, **kwargs: Any) -> BlendResult:
-        """Generate a whole answer; same arguments as ``stream``."""
+        """Generate a whole answer.
+
+        Args:
+            prompt: as for ``stream``.
+            **kwargs: as for ``stream``.
+
+        Returns:
+            The ``BlendResult``: text, tokens, usage, tool calls, log-probs and the reliability
+            record.
+        """
         result = None
         for event in self.stream(prompt, **kwargs):
             result = event.result
@@ -660,13 +733,24 @@ class BlendedLLM:
         """The smallest context length (prompt + answer, in tokens) among the base and the guides,
         or None when no model states one. Every model reads the whole prompt, so this is the
         longest the blend can serve; the framework faces report it (LlamaIndex packs prompts to
-        it). Each model counts in its own tokens, so leave a little room across vocabularies."""
+        it). Each model counts in its own tokens, so leave a little room across vocabularies.
+
+        Returns:
+            The length in tokens, or None.
+        """
         known = [m.context_length for m in (self.base, *self.guides) if m.context_length]
         return min(known) if known else None
 
     # -- framework faces (same loaded models, no copies) --------------------------------------
     def as_langchain(self, **kwargs: Any) -> Any:
-        """This engine as a LangChain chat model (``langchain_blendin.ChatBlendIn``)."""
+        """This engine as a LangChain chat model (``langchain_blendin.ChatBlendIn``).
+
+        Args:
+            **kwargs: ``ChatBlendIn`` settings (``temperature=``, ``gamma=``, ...).
+
+        Returns:
+            A ``ChatBlendIn`` sharing these loaded models.
+        """
         try:
             from langchain_blendin import ChatBlendIn
         except ImportError as e:
@@ -677,7 +761,14 @@ class BlendedLLM:
         return ChatBlendIn(llm=self, **kwargs)
 
     def as_llama_index(self, **kwargs: Any) -> Any:
-        """This engine as a LlamaIndex LLM (``llama_index.llms.blendin.BlendIn``)."""
+        """This engine as a LlamaIndex LLM (``llama_index.llms.blendin.BlendIn``).
+
+        Args:
+            **kwargs: ``BlendIn`` settings (``temperature=``, ``gamma=``, ...).
+
+        Returns:
+            A LlamaIndex ``BlendIn`` sharing these loaded models.
+        """
         try:
             from llama_index.llms.blendin import BlendIn
         except ImportError as e:

@@ -28,16 +28,36 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy selectable by its ``name`` in ``BlendConfig``."""
+    """Class decorator: make a strategy selectable by its ``name`` in ``BlendConfig``.
+
+    Args:
+        cls: a ``Strategy`` subclass with a unique ``name``.
+
+    Returns:
+        ``cls``, registered.
+    """
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def available_strategies() -> tuple[str, ...]:
+    """The registered strategy names, in registration order.
+
+    Returns:
+        The names ``BlendConfig.strategy`` accepts.
+    """
     return tuple(_REGISTRY)
 
 
 def get_strategy(config: BlendConfig) -> Strategy:
+    """The strategy a config names, built from it.
+
+    Args:
+        config: a checked ``BlendConfig`` (its ``strategy`` is registered).
+
+    Returns:
+        A new ``Strategy`` instance.
+    """
     return _REGISTRY[config.strategy](config)
 
 
@@ -96,7 +116,12 @@ class StepView:
 
 
 class Strategy:
-    """Base class. Subclasses set ``name`` and override ``consult`` and ``alphas``."""
+    """Base class. Subclasses set ``name`` and override ``consult`` and ``alphas`` (or ``combine``
+    for a rule that is not a mixture), then register with ``@register_strategy``.
+
+    Args:
+        config: the call's BlendConfig (``gamma``, ``alpha``).
+    """
 
     name: ClassVar[str] = ""
     requires_guide: ClassVar[bool] = True
@@ -106,14 +131,37 @@ class Strategy:
         self.alpha = config.alpha
 
     def consult(self, base_top1: float) -> bool:
-        """Whether the guides are asked at this step, given the base's top-1 probability."""
+        """Whether the guides are asked at this step (default: the gamma rule, ``unsure``).
+
+        Args:
+            base_top1: the base's top-1 probability at this step.
+
+        Returns:
+            True to run the guides and blend.
+        """
         return unsure(base_top1, self.gamma)
 
     def alphas(self, view: StepView) -> torch.Tensor:
+        """Each guide's weight at a consulted step.
+
+        Args:
+            view: the step's distributions and their statistics.
+
+        Returns:
+            A [G] tensor of weights in [0, 1].
+        """
         raise NotImplementedError
 
     def combine(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (distribution [V], alphas [G])."""
+        """The blended distribution of a consulted step: the mean of the pairwise mixtures
+        ``alpha_i * p_guide_i + (1 - alpha_i) * p_base`` (alphas times the mitigation weights).
+
+        Args:
+            view: the step's distributions and their statistics.
+
+        Returns:
+            (distribution [V] summing to 1, the alphas used [G]).
+        """
         a = self.alphas(view).to(view.guide_probs.dtype)
         if view.guide_weight is not None:
             a = a * view.guide_weight

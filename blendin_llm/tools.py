@@ -29,16 +29,20 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 
 class ToolCall(BaseModel):
-    id: str
-    name: str
-    arguments: dict[str, Any]
+    """A tool call the answer made, parsed."""
+
+    id: str = Field(description="the call's id (OpenAI-style, unique per answer)")
+    name: str = Field(description="the tool's name")
+    arguments: dict[str, Any] = Field(description="the call's arguments, parsed from JSON")
 
 
 class InvalidToolCall(BaseModel):
-    id: str
-    name: str | None = None
+    """A tool call the answer started but that could not be parsed."""
+
+    id: str = Field(description="the call's id")
+    name: str | None = Field(None, description="the tool's name, when it could be read")
     arguments: str | None = Field(None, description="the raw text of the call")
-    error: str
+    error: str = Field(description="what was wrong with it")
 
 
 # -- tools and choices -------------------------------------------------------------------------
