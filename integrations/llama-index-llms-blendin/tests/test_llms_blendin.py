@@ -461,6 +461,32 @@ def test_structured_predict_uses_the_json_mode():
     assert asyncio.run(llm.astructured_predict(Magic, prompt, x=4)) == Magic(input=4)
 
 
+def test_stream_structured_predict_fills_fields_as_the_json_arrives():
+    from llama_index.core.prompts import PromptTemplate
+
+    class Pair(BaseModel):
+        name: str
+        input: int
+
+    engine = BlendedLLM(ScriptedBackend(TOK, lambda p: '{"name": "magic", "input": 12}'),
+                        config=BlendConfig(strategy="base_only"))
+    llm = BlendIn(llm=engine, max_new_tokens=80)
+    prompt = PromptTemplate("magic?")
+    outs = list(llm.stream_structured_predict(Pair, prompt))
+    assert outs[-1] == Pair(name="magic", input=12) == llm.structured_predict(Pair, prompt)
+    partial = outs[:-1]
+    assert len(partial) >= 3 and all(type(p) is not Pair for p in partial)
+    names = [getattr(p, "name", None) for p in partial]
+    assert None in names and "magic" in names  # the name arrived part-way through
+    assert partial[-1].input == 12
+
+    async def collect():
+        return [p async for p in await llm.astream_structured_predict(Pair, prompt)]
+
+    aouts = asyncio.run(collect())
+    assert aouts[-1] == outs[-1] and len(aouts) == len(outs)
+
+
 def test_structured_predict_raises_on_an_answer_that_does_not_fit():
     from llama_index.core.prompts import PromptTemplate
     from pydantic import ValidationError

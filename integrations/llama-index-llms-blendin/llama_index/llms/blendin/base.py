@@ -40,13 +40,16 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import (
     LLMStructuredPredictEndEvent,
+    LLMStructuredPredictInProgressEvent,
     LLMStructuredPredictStartEvent,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.program.utils import create_flexible_model
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import PydanticProgramMode
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from blendin_llm import BlendConfig, BlendedLLM, BlendResult, StreamEvent, check_reliability
@@ -529,6 +532,92 @@ class BlendIn(FunctionCallingLLM):
             return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
         messages, kwargs = self._json_request(output_cls, prompt, llm_kwargs, prompt_args)
         return self._parsed(output_cls, await self.achat(messages, **kwargs))
+
+    @staticmethod
+    def _partial(flexible: type[BaseModel], text: str, last: Any) -> tuple[Any, Any]:
+        """The fields of a JSON object read so far (``pydantic_core``'s partial JSON), as the
+        flexible model LlamaIndex streams; None when nothing new was read."""
+        try:
+            data = pydantic_core.from_json(text or "{}", allow_partial=True)
+        except ValueError:  # not even a JSON prefix (yet)
+            return None, last
+        if not isinstance(data, dict) or data == last:
+            return None, last
+        partial = flexible.model_validate(data)
+        dispatcher.event(LLMStructuredPredictInProgressEvent(output=partial))
+        return partial, data
+
+    @dispatcher.span
+    def stream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: Optional[dict[str, Any]] = None,
+        **prompt_args: Any,
+    ) -> Iterator[Any]:
+        """``structured_predict`` as it is written: partial objects (LlamaIndex's flexible model
+        of ``output_cls``, fields filled as the JSON arrives), then the parsed ``output_cls``.
+
+        Args:
+            output_cls: the pydantic class of the answer.
+            prompt: the prompt template.
+            llm_kwargs: per-call options for the engine.
+            **prompt_args: the template's variables.
+
+        Returns:
+            A generator of partial objects, ending with the parsed answer.
+        """
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            yield from super().stream_structured_predict(
+                output_cls, prompt, llm_kwargs, **prompt_args
+            )
+            return
+        messages, kwargs = self._json_request(output_cls, prompt, llm_kwargs, prompt_args)
+        flexible, last, response = create_flexible_model(output_cls), None, None
+        for response in self.stream_chat(messages, **kwargs):
+            partial, last = self._partial(flexible, response.message.content or "", last)
+            if partial is not None:
+                yield partial
+        assert response is not None
+        yield self._parsed(output_cls, response)
+
+    @dispatcher.span
+    async def astream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: Optional[dict[str, Any]] = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """``stream_structured_predict`` for asyncio.
+
+        Args:
+            output_cls: the pydantic class of the answer.
+            prompt: the prompt template.
+            llm_kwargs: per-call options for the engine.
+            **prompt_args: the template's variables.
+
+        Returns:
+            An async generator of partial objects, ending with the parsed answer.
+        """
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astream_structured_predict(
+                output_cls, prompt, llm_kwargs, **prompt_args
+            )
+        messages, kwargs = self._json_request(output_cls, prompt, llm_kwargs, prompt_args)
+        flexible = create_flexible_model(output_cls)
+        responses = await self.astream_chat(messages, **kwargs)
+
+        async def gen() -> Any:
+            last, response = None, None
+            async for response in responses:
+                partial, last = self._partial(flexible, response.message.content or "", last)
+                if partial is not None:
+                    yield partial
+            assert response is not None
+            yield self._parsed(output_cls, response)
+
+        return gen()
 
 
 # -- reliability for query engines ---------------------------------------------------------------
