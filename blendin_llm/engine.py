@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -56,6 +56,12 @@ class Fetch(NamedTuple):
     tensor: torch.Tensor
 
 
+_T = TypeVar("_T")
+
+# a coroutine of requests: yields ``Forward`` and ``Fetch``, is sent their answers, returns a _T
+Steps = Generator[Forward | Fetch, Any, _T]
+
+
 def answer(item: Forward | Fetch) -> Any:
     """The answer to one request, computed alone (no batching)."""
     if isinstance(item, Fetch):
@@ -63,7 +69,7 @@ def answer(item: Forward | Fetch) -> Any:
     return item.backend.forward(item.state, item.ids, item.n_last)
 
 
-def complete(steps: Iterator) -> Any:
+def complete(steps: Steps[_T]) -> _T:
     """Run a coroutine of requests (e.g. a guide's ``probs``) to its return value, answering each
     request alone."""
     try:
@@ -91,7 +97,7 @@ class _Guide:
     def push(self, token: int) -> None:
         self.pending.append(token)
 
-    def probs(self, answer_text: str, width: int) -> Iterator:
+    def probs(self, answer_text: str, width: int) -> Steps[tuple[torch.Tensor, int]]:
         """Catch up on everything not seen yet; (distribution over base ids [width], tokens run)."""
         n = len(self.pending)
         logits = yield Forward(self.backend, self.state, self.pending)
@@ -152,7 +158,7 @@ class _CrossVocabGuide:
         b = self.vmap.base_bytes
         self.committed += (b[token] if token < len(b) else None) or b""
 
-    def probs(self, answer_text: str, width: int) -> Iterator:
+    def probs(self, answer_text: str, width: int) -> Steps[tuple[torch.Tensor, int]]:
         """(distribution over base ids [width], tokens run), as a coroutine (see ``Forward``)."""
         data = bytes(self.committed)  # with bytes that do not make a whole character (yet)
         if not data.decode("utf-8", "replace").startswith(answer_text):
@@ -173,7 +179,7 @@ class _CrossVocabGuide:
             if inside:  # the text ends inside the guide's likely token: nothing to fix yet
                 return (yield from self._inside(rest, width))
             if t >= 0:
-                first, rest = [t], rest[len(vm._g_bytes[t]) :]
+                first, rest = [t], rest[len(self._bytes([t])) :]
         tail = self._encode(rest)
         # the tail's tokens up to the last whole character before its last token are fixed; the
         # last one (and any that end inside a character) stay tentative: more text may extend them
@@ -193,8 +199,9 @@ class _CrossVocabGuide:
         self.path, self.end = new_path, rows[0]
         return self.last, ran
 
-    def _inside(self, rest: bytes, width: int) -> Iterator:
+    def _inside(self, rest: bytes, width: int) -> Steps[tuple[torch.Tensor, int]]:
         """The committed ``rest`` after the path ends inside the guide's likely next token."""
+        assert self.end is not None  # called where the path's end distribution is known
         exact = self.vmap.guide_token(rest)
         if exact is None:
             self.last = self.vmap.project_extensions(self.end, rest, width)
@@ -225,7 +232,7 @@ class _CrossVocabGuide:
     def _bytes(self, ids: list[int]) -> bytes:
         return b"".join(self.vmap._g_bytes[i] or b"" for i in ids)
 
-    def _run(self, wanted: list[int], n_last: int) -> Iterator:
+    def _run(self, wanted: list[int], n_last: int) -> Steps[tuple[torch.Tensor, int]]:
         """Bring the cache to ``wanted`` (rolling back what differs); (the logits of its last
         ``n_last`` positions, recomputed where they are cached already; tokens run)."""
         keep = common_prefix(self.state.tokens, wanted)
@@ -244,12 +251,12 @@ class _Choice:
     base_prob: float
     base_top1: float
     consulted: bool
+    base_top: list[float]  # the base's top-K log-probs (uncertainty features)
+    base_lp: float  # the chosen token's log-prob under the base
     alpha: float | None = None
     guide_prob: float | None = None
     logprob: TokenLogprob | None = None
-    base_top: list[float] | None = None  # the base's top-K log-probs (uncertainty features)
     final_top: list[float] | None = None  # the same for the final distribution, when it differs
-    base_lp: float | None = None  # the chosen token's log-prob under the base
     lp: float | None = None  # ... and in the final distribution
     steered: bool = False  # the token differs from the one the base alone would have chosen
 
@@ -300,9 +307,9 @@ class Generation:
         stops: Any = None,
         prefix: str = "",
         tool_capture: ToolCallCapture | None = None,
-        tools: list[dict] = (),
+        tools: Sequence[dict] = (),
         guide_weights: list[float] | None = None,
-        mitigations: list[str] = (),
+        mitigations: Sequence[str] = (),
     ) -> None:
         """``stops``: the text filter of the answer (default: ``StopMatcher(params.stop)``);
         ``prefix``: text the answer starts with, already in every model's prompt (a prefill);
@@ -380,7 +387,7 @@ class Generation:
         self.top_k = min(max(NEGENTROPY_K, config.agreement_top_k), self.vocab)
 
     # -- one step (the driver runs the coroutine under inference mode) ------------------------
-    def _advance(self, last_token: int | None, text_grew: bool = True) -> Iterator:
+    def _advance(self, last_token: int | None, text_grew: bool = True) -> Steps[None]:
         if last_token is None:
             ids = self.base_prompt
         elif self.healing:
@@ -396,6 +403,7 @@ class Generation:
         """The base's tokens for the answer so far: its own tokenization of the text, plus the
         committed tokens that do not make a whole character yet. Rolls the base's cache back to the
         first token that differs and returns the tokens to feed (usually just ``[token]``)."""
+        assert self.base_stream is not None  # healing happens with cross-vocabulary guides only
         self.raw_tail = [] if text_grew else self.raw_tail + [token]
         self.base_stream.update(self.answer_text)
         wanted = (self.base_stream.ids + self.raw_tail) or [token]
@@ -409,11 +417,12 @@ class Generation:
             self.base.rollback(self.base_state, p + keep)
         return wanted[keep:]
 
-    def _choose(self) -> Iterator:
+    def _choose(self) -> Steps[_Choice]:
         """Choose the next token. The one place where the final log-distribution exists: the
         base's log-probs, or the strategy's blend when the guides were consulted, then the
         penalties (``self.processors``); the token is its argmax, or a draw with this step's
         uniform (``SeedStream``), and ``self.final_logdist`` keeps it for observers."""
+        assert self._base_logits is not None  # set by _advance
         logp = torch.log_softmax(self._base_logits, -1)
         top_v, top_i = torch.topk(logp, self.top_k)
         # one device sync (shared by the batch): the base's top-k log-probs (uncertainty
@@ -496,6 +505,7 @@ class Generation:
         outside every list are never chosen, so the spread mass cannot turn into a random token.
         The approximation leaves a greedy choice unchanged unless the blend's best token is in
         no model's top k."""
+        assert self.approx_k is not None  # some model of the step is approximate
         k = min(self.approx_k, logp.shape[-1])
         keep = torch.zeros_like(logp, dtype=torch.bool)
         keep[torch.topk(logp, k).indices] = True
@@ -522,8 +532,9 @@ class Generation:
         own = apply_processors(procs, logp) if procs else logp
         return own.argmax() if u is None else sample(own, self.params, u)
 
-    def _logprob(self, logdist: torch.Tensor, token: int) -> Iterator:
+    def _logprob(self, logdist: torch.Tensor, token: int) -> Steps[TokenLogprob]:
         """The chosen token's log-prob in the final distribution, and the top alternatives."""
+        assert self.top_logprobs is not None  # called only when log-probs were asked for
         pieces = self.base.token_pieces()
         k = min(self.top_logprobs, logdist.shape[0])
         vals, ids = torch.topk(logdist, k) if k else (logdist[:0], logdist[:0].long())
@@ -539,15 +550,15 @@ class Generation:
             ],
         )
 
-    def _mix(self, logp: torch.Tensor, top_lp: torch.Tensor) -> Iterator:
+    def _mix(self, logp: torch.Tensor, top_lp: torch.Tensor) -> Steps[_Mix]:
         """Consult the guides and blend their distributions with the base's."""
         p_base = logp.exp()
-        guide_probs = []
+        rows: list[torch.Tensor] = []
         for g in self.guides:
             probs, ran = yield from g.probs(self.answer_text, self.vocab)
-            guide_probs.append(probs)
+            rows.append(probs)
             self.guide_tokens += ran
-        guide_probs = torch.stack(guide_probs)
+        guide_probs = torch.stack(rows)
         g_top1, g_arg = guide_probs.max(-1)
         view = StepView(
             p_base, guide_probs, top_lp.exp(), g_top1, g_arg, p_base[g_arg], self.guide_weight
@@ -565,7 +576,7 @@ class Generation:
         base_top1: float,
         base_top: list[float],
         own: torch.Tensor | None,
-    ) -> Iterator:
+    ) -> Steps[_Choice]:
         """The choice at a consulted step, with the guides' signals for the reliability record
         (read back in one transfer); ``own``: the base's own choice, when it matters."""
         mixed, p_base, guide_probs, alphas, g_top1, g_arg = mix
@@ -627,7 +638,7 @@ class Generation:
         finally:
             steps.close()
 
-    def run(self) -> Iterator:
+    def run(self) -> Generator[Forward | Fetch | StreamEvent, Any, None]:
         """The decoding coroutine: yields ``Forward`` and ``Fetch`` requests (send the answer
         back) and ``StreamEvent``s (send None); the last event has ``done=True``."""
         t0 = time.perf_counter()
@@ -675,6 +686,7 @@ class Generation:
                 emit, lead = lead + emit, ""
                 text_parts.append(emit)
                 if logprobs is not None:
+                    assert c.logprob is not None  # _choose sets it when log-probs were asked for
                     logprobs.append(c.logprob)
                 yield StreamEvent(
                     text=emit,

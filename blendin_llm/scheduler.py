@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import torch
@@ -52,7 +52,7 @@ class Request:
         self, gen: Generation, sink: Sink, on_done: Callable[[StreamEvent], None] | None = None
     ) -> None:
         self.gen = gen
-        self.steps: Iterator | None = None
+        self.steps: Generator[Any, Any, None] | None = None  # the running ``Generation.run()``
         self.sink = sink
         self.on_done = on_done
         self.item: Any = None
@@ -184,6 +184,7 @@ class Scheduler:
     def _advance(self, r: Request, value: Any) -> bool:
         """Send ``value`` into the row's coroutine; False when the row failed."""
         try:
+            assert r.steps is not None  # started
             r.item = r.steps.send(value)
             return True
         except StopIteration:
