@@ -67,6 +67,8 @@ class RemoteModelError(BlendInError, RuntimeError):
     or answers without the top-k log-probs blending needs. ``status`` is the HTTP status, when
     there was one. The message says what to change (a server flag, the URL, the model name)."""
 
+    retry_after: float | None = None  # seconds a 429/5xx answer asked to wait (Retry-After)
+
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status

@@ -52,9 +52,10 @@ class Slot:
         """The row's past as views into the batch's buffers (no copy)."""
         b, i = self.batch, self.index
         start = b.used - b.lens[i]
+        bufs = [layer.buffers() for layer in b.layers]
         return RowKV(
-            [layer.buf_k[i : i + 1, :, start : b.used] for layer in b.layers],
-            [layer.buf_v[i : i + 1, :, start : b.used] for layer in b.layers],
+            [k[i : i + 1, :, start : b.used] for k, _ in bufs],
+            [v[i : i + 1, :, start : b.used] for _, v in bufs],
         )
 
 
@@ -92,6 +93,11 @@ class _Layer(DynamicLayer):
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers (allocated by the first forward pass)."""
+        assert self.buf_k is not None and self.buf_v is not None
+        return self.buf_k, self.buf_v
+
     def _grow(self) -> None:
         cap = self.batch.capacity
         for name in ("buf_k", "buf_v"):
@@ -107,11 +113,12 @@ class _Layer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         elif self.buf_k.shape[2] < self.batch.capacity:
             self._grow()
+        buf_k, buf_v = self.buffers()
         start = self.batch.used
         end = start + key_states.shape[-2]
-        self.buf_k[:, :, start:end] = key_states
-        self.buf_v[:, :, start:end] = value_states
-        self.keys, self.values = self.buf_k[:, :, :end], self.buf_v[:, :, :end]
+        buf_k[:, :, start:end] = key_states
+        buf_v[:, :, start:end] = value_states
+        self.keys, self.values = buf_k[:, :, :end], buf_v[:, :, :end]
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -149,7 +156,8 @@ class KVBatch:
         for i, length in enumerate(lens):
             self.mask[i, self.used - length : self.used] = 1
         self.layers = [_Layer(self, i) for i in range(n_layers)]
-        self.cache = Cache(layers=self.layers)
+        # (transformers annotates ``layers`` as a list of its base classes: list is invariant)
+        self.cache = Cache(layers=self.layers)  # type: ignore[arg-type]
 
     def reserve(self, t: int) -> None:
         """Make room for ``t`` more columns (growing by half, so growth is amortised)."""
@@ -221,7 +229,7 @@ class KVBatch:
                 continue
             start = self.used - length
             for layer in self.layers:
-                for buf in (layer.buf_k, layer.buf_v):
+                for buf in layer.buffers():
                     buf[i, :, start + gap : self.used + gap] = buf[i, :, start : self.used].clone()
             self.mask[i, start : start + gap] = 0
             self.mask[i, start + gap : self.used + gap] = 1

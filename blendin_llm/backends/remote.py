@@ -295,8 +295,8 @@ class RemoteModel(ModelBackend):
                 ids.add(int(tok.eos_token_id))
             gen = Path(source) / "generation_config.json" if isinstance(source, str) else None
             if gen is not None and gen.is_file():
-                e = json.loads(gen.read_text()).get("eos_token_id")
-                ids.update([e] if isinstance(e, int) else (e or []))
+                got = json.loads(gen.read_text()).get("eos_token_id")
+                ids.update([got] if isinstance(got, int) else (got or []))
         return tok, frozenset(int(i) for i in ids)
 
     def _check(self) -> None:
@@ -318,7 +318,7 @@ class RemoteModel(ModelBackend):
                 r.status_code,
             )
         data = r.json().get("data") or []
-        served = {m.get("id"): m for m in data if isinstance(m, dict)}
+        served: dict[Any, dict] = {m.get("id"): m for m in data if isinstance(m, dict)}
         if self.model not in served:
             raise RemoteModelError(
                 f"{self.base_url} does not serve {self.model!r}; it serves {sorted(served)}"
@@ -647,7 +647,7 @@ class RemoteModel(ModelBackend):
                     f"asked (position {len(ch.tops)}): the server caps them (vLLM: "
                     "--max-logprobs); lower RemoteModel(top_k=...) to what it allows"
                 )
-            pairs = {}
+            pairs: dict[int, float] = {}
             for k, v in top.items():
                 i = self._token_id(k)
                 if i is not None and v is not None and i < self._width:

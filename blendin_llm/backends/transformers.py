@@ -129,7 +129,7 @@ class TransformersBackend(ModelBackend):
             with _no_progress_bars():  # a local load takes seconds: no "Loading weights" bar
                 model = AutoModelForCausalLM.from_pretrained(
                     spec.source, dtype=dtype, trust_remote_code=spec.trust_remote_code
-                ).to(device)
+                ).to(device)  # type: ignore[arg-type]  # (transformers' typing of the wrapped .to)
         except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors, ...
             raise ModelLoadError(
                 f"could not load model {spec.source!r}: {exc}. Pass a local directory with "
@@ -212,14 +212,16 @@ class TransformersBackend(ModelBackend):
                 holes=key == "several",
             )
             for j, i in enumerate(rows):
-                row = logits[j, -n_last[i] :]
-                out[i] = row[-1] if n_last[i] == 1 else row
+                last = logits[j, -n_last[i] :]
+                out[i] = last[-1] if n_last[i] == 1 else last
         if cache is not None:
             for i in prompts:
                 if ids[i]:  # computed (in part)
+                    past = own_row(states[i].cache)
+                    assert past is not None  # the pass above filled it
                     cache.store(
                         states[i].tokens,
-                        own_row(states[i].cache),
+                        past,
                         out[i] if n_last[i] == 1 else None,
                         computed=len(ids[i]),
                     )
