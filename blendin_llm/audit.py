@@ -365,6 +365,26 @@ class _Store:
     def run(self, text: str, args: tuple = ()) -> None:
         self.conn.execute(self.sql(text), args)
 
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    def lock_chain(self) -> None:
+        """Hold the chain's lock until the transaction ends."""
+        raise NotImplementedError
+
+    def is_unique_violation(self, exc: BaseException) -> str | None:
+        """The column whose UNIQUE constraint ``exc`` violates, or None."""
+        raise NotImplementedError
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
     def close(self) -> None:
         if self.conn is not None:
             try:
@@ -808,7 +828,8 @@ class AuditLog:
     def _where(
         self, since: Any, until: Any, tenant: Any, model: Any, flagged: Any
     ) -> tuple[list[str], list]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         lo, hi = _time_bound(since, "since"), _time_bound(until, "until")
         if lo is not None:
             where.append("created_at >= ?")
