@@ -9,7 +9,7 @@ import inspect
 import math
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from .backends.base import ModelBackend
@@ -236,7 +236,7 @@ class BlendedLLM:
         from .config import load_profile
 
         prof = load_profile(path, force=force)
-        models = prof.get("models") or {}
+        models: Any = prof.get("models") or {}
         return cls(
             base if base is not None else models.get("base"),
             guides if guides is not None else models.get("guides"),
@@ -346,7 +346,7 @@ class BlendedLLM:
         vocab_maps = [m for m, a in zip(self.vocab_maps, active) if a]
         models = [self.base, *guides]
         with self._turn():  # the tokenizers are shared with the steps of other calls
-            if raw:
+            if isinstance(prompt, RawPrompt):
                 prompt_ids = self._raw_ids(prompt, guides, vocab_maps)
             else:
                 prompt_ids = [m.encode_prompt(messages, prefix) for m in models]
@@ -408,6 +408,7 @@ class BlendedLLM:
             text = base.tokenizer.decode(ids, skip_special_tokens=True)
         else:
             text = prompt.text
+            assert text is not None  # a RawPrompt has text or ids
             ids = base.encode_text(text)
         out = [ids]
         for g, vm in zip(guides, vocab_maps):
@@ -536,6 +537,7 @@ class BlendedLLM:
             return None
         from .audit import StreamAudit
 
+        request: dict[str, Any]
         if isinstance(prompt, RawPrompt):
             request = {"prompt": prompt.as_record(), "raw": True}
         else:
@@ -551,6 +553,7 @@ class BlendedLLM:
         answer's record is committed before its final event reaches ``sink``."""
 
         def finished(event: StreamEvent) -> None:  # on the decoding thread, before the caller
+            assert event.result is not None  # the last event
             self.guide_monitor.observe(event.result.reliability, gen.config.mitigation, active)
             if audit is not None:  # AUDIT: durable before the caller sees the end
                 audit.finish(event.result)
@@ -610,7 +613,7 @@ class BlendedLLM:
                 if event.done:
                     return
 
-    async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+    async def astream(self, prompt: PromptLike, **kwargs: Any) -> AsyncGenerator[StreamEvent, None]:
         """``stream`` for asyncio: the call joins the same running batch; the event loop keeps
         running while it decodes. Leaving the loop early (or cancelling) frees its row at the next
         step.
@@ -683,7 +686,7 @@ class BlendedLLM:
                 gen,
                 active,
                 lambda event, error, i=i: (
-                    event is not None and not event.done or inbox.put((i, event, error))
+                    None if event is not None and not event.done else inbox.put((i, event, error))
                 ),
                 audit,
             )

@@ -99,6 +99,7 @@ class GuideMonitor:
     def _judge(h: GuideHealth, cfg: MitigationConfig) -> None:
         if h.responses < cfg.min_responses:
             return
+        assert h.agreement is not None and h.unsure_rate is not None  # set with each response
         over = f"over {h.responses} responses"
         if h.agreement < cfg.off_agreement:
             h.status, h.weight = "off", 0.0

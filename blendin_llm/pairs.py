@@ -4,7 +4,7 @@ the first model loads (what ``blendin`` commands and the Ray Serve replicas do).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .config import BlendConfig, ModelSpec
 from .sources import DEFAULT_GUIDE, check_source
@@ -33,7 +33,7 @@ def build_pair(
     *,
     strategy: str = "blendin",
     gamma: float = 0.4,
-    alpha: float | str = "auto",
+    alpha: float | Literal["auto"] = "auto",
     system_prompt: str | None = None,
     quiet: bool = True,
 ) -> BlendedLLM:

@@ -60,7 +60,10 @@ class RawPrompt:
 
     def as_record(self) -> str | list[int]:
         """What an audit record keeps of it."""
-        return self.text if self.ids is None else list(self.ids)
+        if self.ids is not None:
+            return list(self.ids)
+        assert self.text is not None  # one of the two is given
+        return self.text
 
 
 PromptLike = str | RawPrompt | Sequence[Mapping[str, Any] | tuple[str, str]]

@@ -92,6 +92,7 @@ class ReliabilityTracker:
         if final_top is None:
             final = base if final_lp is None else (final_lp, b1, b2, bn)
         else:
+            assert final_lp is not None  # given with final_top
             f1, f2, fn = dist_stats(final_top)
             final = (final_lp, f1, f2, fn)
         g = self._pending
@@ -142,7 +143,7 @@ class ReliabilityTracker:
                 name=name,
                 consulted=k,
                 mean_alpha=per_guide(0, i),
-                mean_weight=None if k == 0 else per_guide(0, i) / g,
+                mean_weight=None if k == 0 else sum(r[0][i] for r in grows) / k / g,
                 agreement_top1=per_guide(2, i),
                 agreement_topk=per_guide(3, i),
                 mean_top1=per_guide(1, i),
@@ -164,7 +165,7 @@ class ReliabilityTracker:
         confidence = math.exp(mean_logprob) if mean_logprob is not None else 0.0
         cap = rc.max_intervention_rate
         stability = 1.0 - min(1.0, unsure / (2 * cap)) if cap > 0 else float(unsure == 0)
-        consensus = 1.0 if k == 0 or agree_k is None else (agree_k + (1.0 - js)) / 2
+        consensus = 1.0 if k == 0 or agree_k is None or js is None else (agree_k + (1.0 - js)) / 2
         w = rc.weights
         score = min(
             1.0, max(0.0, (w[0] * confidence + w[1] * stability + w[2] * consensus) / sum(w))

@@ -29,10 +29,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ModelSpec
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 def cache_dir() -> Path:
@@ -187,6 +190,9 @@ class _Progress:
     """One progress bar on stderr for a whole conversion (only when stderr is a terminal): its
     stage, and the de-quantized tensors counted up. Without a terminal it shows nothing."""
 
+    bar: Progress | None
+    task: Any  # the bar's TaskID, None without a bar
+
     def __init__(self, label: str) -> None:
         self.label, self.bar, self.task = label, None, None
 
@@ -238,6 +244,7 @@ def _conversion_progress(label: str) -> Iterator[_Progress]:
     """Our one bar instead of transformers' several (de-quantizing, loading weights, ...)."""
     from transformers.utils import logging as hf_logging
 
+    gguf_utils: Any
     try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:  # no gguf support here: _convert says what to install
@@ -283,7 +290,7 @@ def _convert(gguf: Path, out: Path, progress: _Progress | None = None) -> None:
         ) from exc
     stage("writing safetensors")
     # the tensors are dequantized already; drop the marker that forbids saving them
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # (undeclared in transformers' typing)
     model.config.__dict__.pop("quantization_config", None)
     model.save_pretrained(out)
     tok.save_pretrained(out)

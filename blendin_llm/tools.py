@@ -122,6 +122,7 @@ def normalize_response_format(fmt: Any) -> dict[str, Any] | None:
 def _instruction(tools: list[dict[str, Any]], choice: str | None, fmt: dict | None) -> str:
     parts = []
     if tools and choice != "none":
+        assert choice is not None  # normalize_tool_choice gives one whenever there are tools
         listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
         must = {
             "auto": "If a tool helps, call it; otherwise answer directly.",
@@ -146,7 +147,13 @@ def _instruction(tools: list[dict[str, Any]], choice: str | None, fmt: dict | No
     return "\n\n".join(parts)
 
 
-_EXAMPLE_VALUES = {"integer": 2, "number": 1.5, "boolean": True, "array": [], "object": {}}
+_EXAMPLE_VALUES: dict[str | None, Any] = {
+    "integer": 2,
+    "number": 1.5,
+    "boolean": True,
+    "array": [],
+    "object": {},
+}
 
 
 def _named(tools: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -265,7 +272,7 @@ def _close_braces(raw: str) -> str:
 
 
 def parse_tool_calls(
-    captured: str, tools: list[dict[str, Any]], finished: bool
+    captured: str, tools: Sequence[dict[str, Any]], finished: bool
 ) -> tuple[list[ToolCall], list[InvalidToolCall]]:
     """Tool calls out of the captured text (every ``<tool_call>`` block, closed or not)."""
     calls: list[ToolCall] = []

@@ -124,9 +124,11 @@ def features(steps: Sequence[Step], stopped: bool) -> dict[str, float | None]:
     out.update(_white_box([s.base for s in steps], "base_"))
     consulted = [s for s in steps if s.alpha is not None]
     k = len(consulted)
-    alphas = [s.alpha for s in consulted]
+    # a consulted step has all three of alpha, agreek and js
+    alphas = [s.alpha for s in consulted if s.alpha is not None]
     a_mean = sum(alphas) / k if k else 0.0
-    js = [s.js for s in consulted]
+    agreeks = [s.agreek for s in consulted if s.agreek is not None]
+    js = [s.js for s in consulted if s.js is not None]
     half = n / 2
     early = sum(s.js for i, s in enumerate(steps) if s.js is not None and i < half)
     late = sum(s.js for i, s in enumerate(steps) if s.js is not None and i >= half)
@@ -137,7 +139,7 @@ def features(steps: Sequence[Step], stopped: bool) -> dict[str, float | None]:
             "alpha_mean": a_mean,
             "alpha_std": math.sqrt(sum((a - a_mean) ** 2 for a in alphas) / k) if k else 0.0,
             "guide_weight": sum(alphas) / n,
-            "agreement_topk": sum(s.agreek for s in consulted) / k if k else 1.0,
+            "agreement_topk": sum(agreeks) / k if k else 1.0,
             "divergence_mean": sum(js) / k if k else 0.0,
             "divergence_max": max(js) if k else 0.0,
             "divergence_early": early / max(1.0, math.ceil(half)),

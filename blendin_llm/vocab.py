@@ -50,7 +50,7 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
-def _decoder_types(tokenizer: Any) -> set[str]:
+def _decoder_types(tokenizer: Any) -> set[str | None]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return set()
@@ -247,11 +247,11 @@ class VocabMap:
         if got is None:
             lo, hi = self._extension_range(text)
             ids = self._sorted_ids_t[lo:hi]
-            base = [
+            targets = [
                 self.base_token_for(self._sorted_bytes[k][len(text) :])[0] for k in range(lo, hi)
             ]
             dev = self.guide_to_base.device
-            got = (ids.to(dev), torch.tensor(base, dtype=torch.long, device=dev))
+            got = (ids.to(dev), torch.tensor(targets, dtype=torch.long, device=dev))
             if len(self._extensions) > 4096:
                 self._extensions.clear()
             self._extensions[text] = got
