@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -42,7 +42,7 @@ def _root(
     state.debug = state.debug or debug
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     """A message as one printable line: newlines folded, lone surrogates escaped."""
     return " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -88,9 +88,9 @@ def _check_text(
         raise error(f"{what} is empty; pass some text")
 
 
-def _alpha(value: str) -> float | str:
+def _alpha(value: str) -> float | Literal["auto"]:
     if value == "auto":
-        return value
+        return "auto"
     try:
         return float(value)
     except ValueError:
@@ -105,13 +105,12 @@ def _check_call(call: dict[str, Any]) -> None:
     for s in call.get("stop") or ():
         _check_text("a stop string", s, GenerationArgumentError)
     known = SamplingParams.model_fields
-    SamplingParams(
-        **{
-            k: (tuple(v) if k == "stop" and v else v)
-            for k, v in call.items()
-            if k in known and v is not None
-        }
-    )
+    args: dict[str, Any] = {
+        k: (tuple(v) if k == "stop" and v else v)
+        for k, v in call.items()
+        if k in known and v is not None
+    }
+    SamplingParams(**args)
 
 
 def _build(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.table import Table
@@ -164,7 +165,7 @@ def chat(
             base, guide, strategy, gamma, alpha, system, dict(max_new_tokens=max_new_tokens)
         )
     with contextlib.suppress(AttributeError, ValueError):  # a byte that is not UTF-8: see below
-        sys.stdin.reconfigure(errors="surrogateescape")
+        cast(io.TextIOWrapper, sys.stdin).reconfigure(errors="surrogateescape")
     history: list[dict[str, str]] = []
     while True:
         try:
@@ -190,5 +191,6 @@ def chat(
             print(f"\nerror: {_one_line(exc)}", file=sys.stderr, flush=True)
             continue
         out.print()
+        assert result is not None  # the last event carries it
         history.append({"role": "assistant", "content": result.text.strip()})
         out.print(reliability_table(result.reliability))

@@ -55,6 +55,8 @@ class _Lines:
     """JSON objects from a JSONL file; malformed lines are skipped, warned about and counted
     (``_skip`` serves the CSV reader too)."""
 
+    problems: list[str]
+
     def __init__(self, path: Path) -> None:
         self.path, self.skipped, self.problems = path, 0, []
 

@@ -27,7 +27,7 @@ def _clean(scores: Sequence[float | None], correct: Sequence[bool | None]):
     return pairs
 
 
-def auroc(scores: Sequence[float], correct: Sequence[bool]) -> float | None:
+def auroc(scores: Sequence[float | None], correct: Sequence[bool]) -> float | None:
     """Area under the ROC curve of ``scores`` for predicting ``correct``; None when only one class
     is present."""
     pairs = _clean(scores, correct)
@@ -73,7 +73,7 @@ def _rejection_area(values: list[float]) -> float:
     return total / n
 
 
-def prr(scores: Sequence[float], correct: Sequence[bool]) -> float | None:
+def prr(scores: Sequence[float | None], correct: Sequence[bool]) -> float | None:
     """Prediction-rejection ratio in (-inf, 1]; None when all answers are right or all wrong."""
     pairs = _clean(scores, correct)
     pos = sum(c for _, c in pairs)

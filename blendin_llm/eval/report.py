@@ -267,9 +267,9 @@ def write_html(
             "<th>interv.</th><th>score</th></tr>"
         )
         for s in strategies:
-            r = recs.get(s)
-            if r is None:
+            if s not in recs:
                 continue
+            r = recs[s]
             ok = {
                 True: '<span class="ok">yes</span>',
                 False: '<span class="bad">no</span>',

@@ -417,7 +417,7 @@ def _mend_tail(path: Path) -> None:
 
 
 def _config_of(llm: Any) -> dict:
-    cfg = getattr(llm, "config", None)
+    cfg: Any = getattr(llm, "config", None)
     return cfg.to_dict() if hasattr(cfg, "to_dict") else {}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -358,7 +358,7 @@ def create_app(
 
 async def _sse(
     first: Any,
-    events: AsyncIterator,
+    events: AsyncGenerator[Any, None],
     chat: bool,
     rid: str,
     name: str,
@@ -401,8 +401,9 @@ async def _sse(
                         )
                     )
                 if include_usage:
-                    last = P.chat_chunk if chat else P.completion_chunk
-                    chunk = last(rid, name, {}) if chat else last(rid, name, "")
+                    chunk = (
+                        P.chat_chunk(rid, name, {}) if chat else P.completion_chunk(rid, name, "")
+                    )
                     chunk["choices"] = []
                     chunk["usage"] = P.usage(result)
                     yield sse(chunk)

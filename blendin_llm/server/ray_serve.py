@@ -128,7 +128,7 @@ def deployment(
     else:
         kwargs["num_replicas"] = replicas
     ingress = serve.ingress()(type("BlendInReplica", (_Replica,), {"__module__": __name__}))
-    return serve.deployment(ingress, **kwargs).bind(options)
+    return serve.deployment(**kwargs)(ingress).bind(options)
 
 
 def run(
