@@ -13,7 +13,7 @@ from rich.text import Text
 from .common import _errors, _fail, app, err, out
 
 if TYPE_CHECKING:
-    pass
+    from ..audit import AuditLog
 
 
 # -- blendin audit: check, list, show, export and summarise an audit log ---------------------------
@@ -27,7 +27,7 @@ _AUDIT_HELP = (
 )
 
 
-def _audit_log(url: str):
+def _audit_log(url: str) -> AuditLog:
     from ..audit import AuditLog
 
     return AuditLog.open(url)
@@ -253,7 +253,7 @@ def audit_stats(
         out.print_json(json.dumps(rows))
         return
 
-    def f(x, fmt="{:.2f}"):
+    def f(x: float | None, fmt: str = "{:.2f}") -> str:
         return "-" if x is None else fmt.format(x)
 
     t = Table(title=f"audit stats by {by}", title_justify="left")

@@ -8,12 +8,15 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
 
 from ..errors import BlendInError, ConfigError, GenerationArgumentError, PromptError
+
+if TYPE_CHECKING:
+    from ..llm import BlendedLLM
 
 app = typer.Typer(
     add_completion=False,
@@ -121,7 +124,7 @@ def _build(
     alpha: str,
     system: str | None,
     call: dict[str, Any] | None = None,
-):
+) -> BlendedLLM:
     """Check the command line's text and per-call options, then build the blend
     (``blendin_llm.pairs.build_pair``, which checks every source before the first model
     loads)."""

@@ -49,7 +49,7 @@ def reliability_table(rel: Reliability) -> Table:
         ),
     )
 
-    def f(x):
+    def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
     t.add_row("mean alpha", f(rel.mean_alpha))

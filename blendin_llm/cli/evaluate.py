@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from ..sources import DEFAULT_BASE, DEFAULT_GUIDE
 from .common import _build, _check_call, _errors, app, err, out
 
 if TYPE_CHECKING:
-    pass
+    from ..eval.datasets import Dataset
 
 from ..eval.runner import DEFAULT_STRATEGIES as _DEFAULT_STRATEGIES
 
@@ -114,7 +115,7 @@ def eval_cmd(
     out.print(f"[dim]records: {out_dir}/records.jsonl, report: {rep['html']}[/dim]")
 
 
-def _load_score_profile(path: str, force: bool, sets) -> object:
+def _load_score_profile(path: str, force: bool, sets: list[Dataset]) -> object:
     """The score model of a profile; warns when items to evaluate were used to fit it."""
     from ..config import load_profile
 
@@ -134,8 +135,8 @@ def _load_score_profile(path: str, force: bool, sets) -> object:
     return model
 
 
-def eval_table(rows) -> None:
-    def f(x, fmt="{:.2f}"):
+def eval_table(rows: Sequence[dict]) -> None:
+    def f(x: float | None, fmt: str = "{:.2f}") -> str:
         return "-" if x is None else fmt.format(x)
 
     t = Table(title="evaluation", title_justify="left")
@@ -295,7 +296,7 @@ def calibrate(
     if sm is not None:
         fit, thr = sm.fit, sm.fit["threshold_on_fit"]
 
-        def f(x):
+        def f(x: float | None) -> str:
             return "-" if x is None else f"{x:.3f}"
 
         t.add_row(

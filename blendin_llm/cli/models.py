@@ -16,7 +16,7 @@ from ..sources import PRESETS, cache_dir, cached_preset
 from .common import _errors, _fail, models_app, out
 
 if TYPE_CHECKING:
-    pass
+    from ..sources import Preset
 
 
 def _installed(name: str) -> bool:
@@ -25,11 +25,11 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(PRESETS[name].module) is not None
 
 
-def _cached(name: str):
+def _cached(name: str) -> Path | None:
     return cached_preset(name)
 
 
-def _preset(name: str):
+def _preset(name: str) -> Preset:
     if name not in PRESETS:
         import difflib
 

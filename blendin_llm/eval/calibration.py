@@ -317,7 +317,7 @@ def calibrate(
 
 
 # -- fitting (scikit-learn) ----------------------------------------------------------------------
-def _sklearn():
+def _sklearn() -> tuple[Any, ...]:
     try:
         import numpy as np
         from sklearn.isotonic import IsotonicRegression
@@ -441,11 +441,11 @@ def fit_score_model(
     if select not in ("auto", "all"):
         raise ConfigError(f"select must be auto or all, got {select!r}")
 
-    def logloss(p):
+    def logloss(p: Any) -> float:
         p = np.clip(p, 1e-6, 1 - 1e-6)
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
-    def lrcv():
+    def lrcv() -> Any:
         return LRCV(
             Cs=np.logspace(-3, 2, 11).tolist(), cv=cv, scoring="neg_log_loss", max_iter=2000
         )

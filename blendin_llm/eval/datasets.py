@@ -19,6 +19,7 @@ import json
 import random
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ class _Lines:
     def __init__(self, path: Path) -> None:
         self.path, self.skipped, self.problems = path, 0, []
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
         with open(self.path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():

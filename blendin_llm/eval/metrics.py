@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def _clean(scores: Sequence[float | None], correct: Sequence[bool | None]):
+def _clean(
+    scores: Sequence[float | None], correct: Sequence[bool | None]
+) -> list[tuple[float, bool]]:
     pairs = [
         (float(s), bool(c))
         for s, c in zip(scores, correct)

@@ -35,7 +35,9 @@ def roc_points(scores: Sequence[float], correct: Sequence[bool]) -> list[tuple[f
     return pts
 
 
-def calibration_bins(scores: Sequence[float], correct: Sequence[bool], bins: int = 5):
+def calibration_bins(
+    scores: Sequence[float], correct: Sequence[bool], bins: int = 5
+) -> list[tuple[float, float, int]]:
     """(mean score, accuracy, count) per equal-width score bin in [0, 1]."""
     out = []
     for b in range(bins):

@@ -35,11 +35,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import ConfigError, EvalError
 from ..uncertainty import BASELINES
 from .datasets import Dataset
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 from .metrics import auroc, brier, ece, prr
 from .scoring import score_answer
 
@@ -178,7 +181,7 @@ def lock_output(out: str | Path) -> Iterator[Path]:
                 f.close()
 
 
-def _acquire(out: Path):
+def _acquire(out: Path) -> TextIO:
     path = out / LOCK
     f = open(path, "a+", encoding="utf-8")
     try:
@@ -421,7 +424,7 @@ def _config_of(llm: Any) -> dict:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else {}
 
 
-def _progress(total: int, finished: int):
+def _progress(total: int, finished: int) -> tuple[Progress, TaskID]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -539,7 +542,7 @@ def _avg(xs: Sequence[float]) -> float | None:
 def format_table(rows: Sequence[dict]) -> str:
     """The summary as a Markdown table."""
 
-    def f(x, fmt="{:.2f}"):
+    def f(x: float | None, fmt: str = "{:.2f}") -> str:
         return "-" if x is None else fmt.format(x)
 
     head = (
@@ -564,7 +567,7 @@ def format_table(rows: Sequence[dict]) -> str:
 def format_baselines(rows: Sequence[dict]) -> str:
     """Every baseline's AUROC / PRR per (task, strategy), as a Markdown table."""
 
-    def f(x):
+    def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
     head = (
