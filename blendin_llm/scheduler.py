@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .engine import Forward, Generation
+from .engine import Fetch, Forward, Generation
 from .results import StreamEvent
 
 # a sink receives (event, None) for each event and (None, error) once when the request fails
@@ -52,7 +52,7 @@ class Request:
         self, gen: Generation, sink: Sink, on_done: Callable[[StreamEvent], None] | None = None
     ) -> None:
         self.gen = gen
-        self.steps: Generator[Any, Any, None] | None = None  # the running ``Generation.run()``
+        self.steps: Generator[Forward | Fetch | StreamEvent, Any, None] | None = None  # its run()
         self.sink = sink
         self.on_done = on_done
         self.item: Any = None
