@@ -180,7 +180,7 @@ class ReliabilityConfig(_Settings):
     def _weights(cls, w: Any) -> tuple[float, float, float]:
         ok = isinstance(w, (tuple, list)) and len(w) == 3
         ok = ok and all(
-            isinstance(x, numbers.Real) and not isinstance(x, bool) and x >= 0 for x in w
+            isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) >= 0 for x in w
         )
         if not ok or sum(w) <= 0:
             raise ValueError(
@@ -295,7 +295,7 @@ class BlendConfig(_Settings):
     def _alpha(cls, a: Any) -> Any:
         if a == "auto" and isinstance(a, str):
             return a
-        if not isinstance(a, numbers.Real) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
+        if not isinstance(a, numbers.Real) or isinstance(a, bool) or not 0.0 <= float(a) <= 1.0:
             raise ValueError(f"alpha must be a number in [0, 1] or 'auto', got {a!r}")
         return float(a)
 
