@@ -18,8 +18,10 @@ short request that arrives later joins at the next step and leaves when it is do
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
@@ -31,6 +33,26 @@ from .results import StreamEvent
 
 # a sink receives (event, None) for each event and (None, error) once when the request fails
 Sink = Callable[[StreamEvent | None, BaseException | None], None]
+
+# Interpreter exit: a daemon thread still inside a torch operation when Python finalizes is
+# stopped in C++ code, which aborts the process ("terminate called without an active
+# exception"). So at exit every decoding thread stops at its next step boundary, and exit waits
+# for it.
+_SCHEDULERS: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+_EXITING = threading.Event()
+EXIT_WAIT_S = 30.0
+"""The longest interpreter exit waits for a decoding thread to finish its step."""
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    _EXITING.set()
+    for scheduler in list(_SCHEDULERS):
+        with scheduler._cv:
+            scheduler._cv.notify_all()
+            thread = scheduler._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(EXIT_WAIT_S)
 
 
 class Request:
@@ -99,6 +121,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decoding steps run (for stats and tests)
         self.max_rows = 0  # the most rows one step ran
+        _SCHEDULERS.add(self)
 
     # -- the callers' side -------------------------------------------------------------------
     def submit(
@@ -129,6 +152,9 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
+                if _EXITING.is_set():  # the interpreter is exiting: nobody will read the rows
+                    self._thread = None
+                    return
                 self._active = [r for r in self._active if not r.over]
                 if not self._waiting and not self._active:
                     self._cv.wait(self.idle_s)

@@ -256,7 +256,13 @@ def calibrate(
         "base": llm.base.spec.source or llm.base.name,
         "guides": [g.spec.source or g.name for g in llm.guides],
     }
-    score_model = None
+
+    def result(score_model: Any = None, why: str | None = None) -> Calibration:
+        return Calibration(
+            verdict, reasons, gamma, alpha, config, len(prompts), predicted, m, models,
+            score_model, records, why,
+        )  # fmt: skip
+
     if labelled:
         scored = [r for r in records if r["correct"] is not None]
         fps = pair_fingerprints(llm.base, llm.guides)
@@ -267,20 +273,7 @@ def calibrate(
                 f"no score model: fitting needs at least 2 right and 2 wrong answers, the pair "
                 f"answered {right} of {len(scored)} right; use more (or other) labelled items"
             )
-            return Calibration(
-                verdict,
-                reasons,
-                gamma,
-                alpha,
-                config,
-                len(prompts),
-                predicted,
-                m,
-                models,
-                None,
-                records,
-                why,
-            )
+            return result(None, why)
         score_model = fit_score_model(
             [r["reliability"]["features"] for r in scored],
             [bool(r["correct"]) for r in scored],
@@ -301,19 +294,8 @@ def calibrate(
         # recommends base_only: per call, strategy="blendin" answers get the calibrated score
         rel = config.reliability.replace(score_model=score_model)
         config = config.replace(reliability=rel)
-    return Calibration(
-        verdict,
-        reasons,
-        gamma,
-        alpha,
-        config,
-        len(prompts),
-        predicted,
-        m,
-        models,
-        score_model,
-        records,
-    )
+        return result(score_model)
+    return result()
 
 
 # -- fitting (scikit-learn) ----------------------------------------------------------------------
