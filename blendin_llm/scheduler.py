@@ -39,6 +39,7 @@ Sink = Callable[[StreamEvent | None, BaseException | None], None]
 # exception"). So at exit every decoding thread stops at its next step boundary, and exit waits
 # for it.
 _SCHEDULERS: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # every decoding thread started
 _EXITING = threading.Event()
 EXIT_WAIT_S = 30.0
 """The longest interpreter exit waits for a decoding thread to finish its step."""
@@ -50,8 +51,9 @@ def _stop_at_exit() -> None:
     for scheduler in list(_SCHEDULERS):
         with scheduler._cv:
             scheduler._cv.notify_all()
-            thread = scheduler._thread
-        if thread is not None and thread is not threading.current_thread():
+    # every thread, also one that has left its loop and is still freeing its frame's tensors
+    for thread in list(_THREADS):
+        if thread.is_alive() and thread is not threading.current_thread():
             thread.join(EXIT_WAIT_S)
 
 
@@ -134,6 +136,7 @@ class Scheduler:
                 self._thread = threading.Thread(
                     target=self._loop, name=f"{self.name}-decode", daemon=True
                 )
+                _THREADS.add(self._thread)
                 self._thread.start()
             self._cv.notify()
         return req
