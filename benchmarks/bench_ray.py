@@ -1,11 +1,13 @@
 """Ray Serve replicas: two concurrent long requests on one replica vs on two, side by side in one
 run (a local Ray cluster on this machine's CPUs).
 
-    python benchmarks/bench_ray.py [--tokens 128] [--rounds 3]
+    python benchmarks/bench_ray.py [--tokens 128] [--rounds 3] [--shape small|smollm]
 
-Models (random init): the base and guide of ``bench_remote.py`` (256 hidden x 6 layers and
-192 x 2, SmolLM2's tokenizer; run ``scripts/setup.sh`` first), float32, one CPU (one torch thread)
-per replica. Two applications are deployed at once, ``/one`` with one replica and ``/two`` with two;
+Models (random init, SmolLM2's tokenizer; run ``scripts/setup.sh`` first), float32, one CPU (one
+torch thread) per replica: ``--shape small``, the base and guide of ``bench_remote.py`` (256 hidden
+x 6 layers and 192 x 2), where a step costs little more for two rows than for one, so one replica
+batching both requests is hard to beat; ``--shape smollm``, the SmolLM2-135M-shaped base (576 x 30)
+and 384 x 8 guide of ``bench_batch.py``, where a step's cost grows with its rows. Two applications are deployed at once, ``/one`` with one replica and ``/two`` with two;
 each round sends the same two requests (greedy, ``ignore_eos``, ``--tokens`` each) at the same
 time to each, alternately. Printed: the best wall time of each and their ratio. One replica decodes
 the two requests together in its batch; two replicas decode one each on their own CPU.
@@ -29,6 +31,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--shape", choices=("small", "smollm"), default="small",
+                    help="small: bench_remote's 256x6 base and 192x2 guide; smollm: bench_batch's "
+                         "SmolLM2-135M-shaped base (576x30) and 384x8 guide")
     args = ap.parse_args()
     os.environ.setdefault("BLENDIN_CPU_DTYPE", "float32")
 
@@ -37,14 +42,17 @@ def main() -> None:
     from ray import serve
 
     from bench_batch import prompts, smollm_tokenizer
-    from bench_remote import BASE_SHAPE, GUIDE_SHAPE, peaked_model
+    import bench_batch
+    import bench_remote
+    from bench_remote import peaked_model
     from serving import free_port
 
     from blendin_llm.server.ray_serve import deployment
 
     tok = smollm_tokenizer()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
-    for name, shape, seed in (("base", BASE_SHAPE, 0), ("guide", GUIDE_SHAPE, 1)):
+    shapes = bench_remote if args.shape == "small" else bench_batch
+    for name, shape, seed in (("base", shapes.BASE_SHAPE, 0), ("guide", shapes.GUIDE_SHAPE, 1)):
         peaked_model(tok, shape, seed, 12.0).save_pretrained(tmp / name)
         tok.save_pretrained(tmp / name)
     env = {k: os.environ[k] for k in ("BLENDIN_CPU_DTYPE", "HF_HUB_OFFLINE",
@@ -82,8 +90,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for p, c in clients.items():
                 best[p] = min(best[p], burst(c, args.tokens))
-        print(f"\n2 concurrent requests x {args.tokens} tokens, {os.cpu_count()} CPU cores, "
-              f"best of {args.rounds}")
+        print(f"\n2 concurrent requests x {args.tokens} tokens, {args.shape} shapes, "
+              f"{os.cpu_count()} CPU cores, best of {args.rounds}")
         print("| replicas | wall s | vs one replica |")
         print("|---:|---:|---:|")
         print(f"| 1 | {best['one']:.2f} | 1.00x |")
