@@ -51,40 +51,25 @@ Count = Annotated[int, Field(ge=1, strict=True), Allowed("an integer >= 1")]
 """An integer >= 1 (not bool)."""
 
 
-def _field_of(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
-    """The FieldInfo an error's location names, following nested config models."""
-    info = None
-    for part in loc:
-        info = cls.model_fields.get(str(part)) if isinstance(cls, type) else None
-        if info is None:
-            return None
-        nested = [
-            t
-            for t in (info.annotation, *getattr(info.annotation, "__args__", ()))
-            if isinstance(t, type) and issubclass(t, BaseModel)
-        ]
-        cls = nested[0] if nested else None  # type: ignore[assignment]
-    return info
-
-
 def explain(cls: type[_Settings], exc: ValidationError) -> str:
     """pydantic's errors as one message in the project's words: ``<name> must be <allowed>, got
     <value>`` per problem; a validator's own message (a rule across fields, a registry lookup) is
     kept whole."""
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        name = cls._prefix + ".".join(str(p) for p in loc)
+        field = ".".join(str(p) for p in err["loc"])
+        name = cls._prefix + field
         if err["type"] == "value_error":
             error = err.get("ctx", {}).get("error")
             out.append(str(error) if error is not None else err["msg"])
         elif err["type"] == "extra_forbidden":
             out.append(
-                f"{cls.__name__} has no field {name!r}; its fields are "
+                f"{cls.__name__} has no field {field!r}; its fields are "
                 f"{', '.join(cls.model_fields)}"
             )
         else:
-            info = _field_of(cls, loc)
+            # a nested config checks itself in its own __init__: its errors arrive as value_error
+            info = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
             words = next(
                 (m.text for m in (info.metadata if info else ()) if isinstance(m, Allowed)), None
             )

@@ -107,3 +107,10 @@ def test_model_spec_takes_its_source_by_position_or_by_name():
     loaded = ModelSpec(model=object(), tokenizer=object())
     assert "model" not in loaded.to_dict() and "tokenizer" not in loaded.to_dict()
     assert "model=" not in repr(loaded)
+
+
+def test_an_unknown_field_is_named_as_it_was_passed():
+    with pytest.raises(ConfigError, match=r"^ReliabilityConfig has no field 'foo'; its fields"):
+        ReliabilityConfig(foo=1)
+    with pytest.raises(ConfigError, match=r"^ModelSpec has no field 'sorce'"):
+        ModelSpec("x", sorce=1)
