@@ -5,11 +5,15 @@ A driver answers the requests: ``Generation.events()`` answers one sequence's re
 the scheduler (``blendin_llm.scheduler``) answers the requests of many sequences together, one
 batched forward pass per model and one host read per round, which is continuous batching.
 
-Per step: the base gives its next-token distribution (its KV cache grows by one token). The strategy
-decides from the base's top-1 probability whether to consult the guides. A consulted guide first
+Per step: the base gives its next-token distribution (its KV cache grows by one token). The
+consult policy (``ConsultPolicy``: the gamma gate and the intervention cap) decides from the base's
+top-1 probability whether to consult the guides. A consulted guide (``blendin_llm.guides``) first
 catches up, in one forward pass, on every token it has not seen yet (its prompt, on first use, and
-the tokens chosen while it was skipped); then the strategy combines the distributions and a token
-is chosen. Guides that are not consulted cost nothing.
+the tokens chosen while it was skipped); then the strategy's ``combine`` blends the distributions,
+the penalties apply (``blendin_llm.sampling``) and the sampler chooses a token. The token joins the
+answer (text filters, ``StoppingCriteria``) and the observers record the step
+(``blendin_llm.observers``: reliability tracker, trace, log-probs). Guides that are not consulted
+cost nothing.
 """
 
 from __future__ import annotations
@@ -17,248 +21,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 
-from .backends.base import ModelBackend, SequenceState
+from .backends.base import ModelBackend
 from .config import BlendConfig, SamplingParams
-from .filters import StopMatcher
+from .filters import StopMatcher, StoppingCriteria
+from .guides import CrossVocabGuide, SameVocabGuide
+from .model_calls import Fetch, Forward, Steps, answer
+from .observers import Choice, LogprobRecorder, StepObserver, StepOutput, TraceRecorder
 from .reliability import ReliabilityTracker
-from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, TraceEntry, Usage
+from .results import BlendResult, StreamEvent, TokenLogprob, TopLogprob, Usage
 from .sampling import SeedStream, apply_processors, build_processors, sample
 from .strategies import ConsultPolicy, StepView, Strategy
 from .text import IncrementalDetokenizer
 from .tools import ToolCallCapture, parse_tool_calls
 from .uncertainty import NEGENTROPY_K
-from .vocab import IncrementalTokenizer, VocabMap, common_prefix, complete_utf8
+from .vocab import IncrementalTokenizer, VocabMap, common_prefix
 
 _EPS = 1e-20
-
-
-class Forward(NamedTuple):
-    """A request to run ``backend`` on ``ids`` (appended to ``state``); the answer is the logits of
-    the last ``n_last`` positions (``ModelBackend.forward``). ``step``: the base's forward that
-    starts a decoding step; a batching driver runs these together, once every sequence got there."""
-
-    backend: ModelBackend
-    state: SequenceState
-    ids: list[int]
-    n_last: int = 1
-    step: bool = False
-
-
-class Fetch(NamedTuple):
-    """A request to read a 1-D tensor back to the host; the answer is ``tensor.tolist()``. A
-    batching driver reads the tensors of every sequence at once (one device sync per round)."""
-
-    tensor: torch.Tensor
-
-
-_T = TypeVar("_T")
-
-# a coroutine of requests: yields ``Forward`` and ``Fetch``, is sent their answers, returns a _T
-Steps = Generator[Forward | Fetch, Any, _T]
-
-
-def answer(item: Forward | Fetch) -> Any:
-    """The answer to one request, computed alone (no batching)."""
-    if isinstance(item, Fetch):
-        return item.tensor.tolist()
-    return item.backend.forward(item.state, item.ids, item.n_last)
-
-
-def complete(steps: Steps[_T]) -> _T:
-    """Run a coroutine of requests (e.g. a guide's ``probs``) to its return value, answering each
-    request alone."""
-    try:
-        item = next(steps)
-        while True:
-            item = steps.send(answer(item))
-    except StopIteration as stop:
-        return stop.value
-
-
-class _Guide:
-    """A guide that shares the base's vocabulary: it consumes the committed token ids themselves.
-
-    Tokens chosen while it is not consulted wait in ``pending`` and are consumed, with its prompt on
-    first use, in one forward pass when it is next consulted."""
-
-    __slots__ = ("backend", "state", "pending", "eos")
-
-    def __init__(self, backend: ModelBackend, prompt_ids: list[int]) -> None:
-        self.backend = backend
-        self.state: SequenceState = backend.new_state()
-        self.pending: list[int] = list(prompt_ids)
-        self.eos = backend.eos_token_ids
-
-    def push(self, token: int) -> None:
-        self.pending.append(token)
-
-    def probs(self, answer_text: str, width: int) -> Steps[tuple[torch.Tensor, int]]:
-        """Catch up on everything not seen yet; (distribution over base ids [width], tokens run)."""
-        n = len(self.pending)
-        logits = yield Forward(self.backend, self.state, self.pending)
-        self.pending = []
-        probs = torch.softmax(logits, -1)
-        if probs.shape[0] > width:  # ids past the base's width are padding: renormalise without
-            probs = probs[:width] / probs[:width].sum()
-        elif probs.shape[0] < width:
-            probs = torch.nn.functional.pad(probs, (0, width - probs.shape[0]))
-        return probs, n
-
-
-class _CrossVocabGuide:
-    """A guide with its own vocabulary: it reads the committed answer as bytes, in its own tokens.
-
-    Its tokens for the answer (``path``) follow the guide's own way of writing it. When consulted,
-    the first token of the new text is the guide's most likely reading of it (``VocabMap.reading``,
-    from its distribution at the end of the path, which it has already): where the guide chose the
-    text itself, its own tokens are kept. (A re-tokenization from scratch would, for example, merge
-    SmolLM2's ``"\\n"`` + ``"\\n"`` into ``"\\n\\n"``, after which it writes something
-    else.) The rest of the new text, which the guide did not choose, is tokenized as the guide's
-    tokenizer does, with byte tokens for bytes that do not make a whole character yet. Where the
-    text ends inside the guide's likely token, its next-text distribution is marginalised over the
-    guide tokens that extend the text (``project_healed``, ``project_extensions``). The path only
-    grows; a consult runs one forward pass over the new tokens after rolling back the tentative
-    last token(s)."""
-
-    __slots__ = (
-        "backend",
-        "state",
-        "prompt",
-        "vmap",
-        "eos",
-        "last",
-        "path",
-        "head",
-        "end",
-        "seen",
-        "committed",
-    )
-
-    def __init__(self, backend: ModelBackend, prompt_ids: list[int], vmap: VocabMap) -> None:
-        self.backend = backend
-        self.state: SequenceState = backend.new_state()
-        self.prompt = list(prompt_ids)
-        self.vmap = vmap
-        m = vmap.guide_to_base
-        self.eos = frozenset(int(m[e]) for e in backend.eos_token_ids if e < m.shape[0])
-        self.last: torch.Tensor | None = None  # the last distribution, in base space
-        self.seen: bytes | None = None  # the answer bytes it was computed for
-        self.committed = bytearray()  # the bytes of the committed base tokens
-        self.path: list[int] = []  # the guide's tokens for the answer's first len(head) bytes
-        self.head = b""
-        self.end: torch.Tensor | None = None  # the guide's distribution after prompt + path
-
-    def push(self, token: int) -> None:
-        """A committed base token: its bytes count even before they make a whole character."""
-        b = self.vmap.base_bytes
-        self.committed += (b[token] if token < len(b) else None) or b""
-
-    def probs(self, answer_text: str, width: int) -> Steps[tuple[torch.Tensor, int]]:
-        """(distribution over base ids [width], tokens run), as a coroutine (see ``Forward``)."""
-        data = bytes(self.committed)  # with bytes that do not make a whole character (yet)
-        if not data.decode("utf-8", "replace").startswith(answer_text):
-            data = answer_text.encode()  # a decoder that is more than the tokens' bytes
-        if data == self.seen and self.last is not None:
-            return self.last, 0  # nothing new since the last consult
-        self.seen = data
-        vm = self.vmap
-        if not data.startswith(self.head):  # not a continuation of what was read so far
-            self.path, self.head, self.end = [], b"", None
-        rest = data[len(self.head) :]
-        if not rest and self.end is not None:
-            self.last = vm.project(self.end, width)
-            return self.last, 0
-        first: list[int] = []
-        if rest and self.end is not None:
-            t, inside = vm.reading(self.end, rest)
-            if inside:  # the text ends inside the guide's likely token: nothing to fix yet
-                return (yield from self._inside(rest, width))
-            if t >= 0:
-                first, rest = [t], rest[len(self._bytes([t])) :]
-        tail = self._encode(rest)
-        # the tail's tokens up to the last whole character before its last token are fixed; the
-        # last one (and any that end inside a character) stay tentative: more text may extend them
-        fixed = len(tail) - 1 if tail else 0
-        while fixed > 0 and not complete_utf8(self.head[-4:] + self._bytes(first + tail[:fixed])):
-            fixed -= 1
-        new_path = self.path + first + tail[:fixed]
-        wanted = self.prompt + new_path + tail[fixed:]
-        n_last = len(tail) - fixed + 1 if tail else 1  # rows: the end of the new path .. the last
-        logits, ran = yield from self._run(wanted, n_last)
-        rows = torch.softmax(logits.reshape(n_last, -1), -1)
-        if tail:
-            self.last = vm.project_healed(rows[-2], rows[-1], tail[-1], width)
-        else:
-            self.last = vm.project(rows[-1], width)
-        self.head += self._bytes(first + tail[:fixed])
-        self.path, self.end = new_path, rows[0]
-        return self.last, ran
-
-    def _inside(self, rest: bytes, width: int) -> Steps[tuple[torch.Tensor, int]]:
-        """The committed ``rest`` after the path ends inside the guide's likely next token."""
-        assert self.end is not None  # called where the path's end distribution is known
-        exact = self.vmap.guide_token(rest)
-        if exact is None:
-            self.last = self.vmap.project_extensions(self.end, rest, width)
-            return self.last, 0
-        logits, ran = yield from self._run(self.prompt + self.path + [exact], 1)
-        self.last = self.vmap.project_healed(self.end, torch.softmax(logits, -1), exact, width)
-        return self.last, ran
-
-    def _encode(self, data: bytes) -> list[int]:
-        """The guide's tokenization of ``data``; bytes that are not (yet) a whole character as
-        the guide's byte tokens."""
-        ids: list[int] = []
-        pos = 0
-        while pos < len(data):
-            try:
-                text, bad = data[pos:].decode(), len(data)
-                end = bad
-            except UnicodeDecodeError as e:
-                text, bad, end = data[pos : pos + e.start].decode(), pos + e.start, pos + e.end
-            if text:
-                ids += self.backend.tokenizer(text, add_special_tokens=False)["input_ids"]
-            for k in range(bad, end):  # (a vocabulary without byte tokens drops them)
-                if (t := self.vmap.guide_token(data[k : k + 1])) is not None:
-                    ids.append(t)
-            pos = end
-        return ids
-
-    def _bytes(self, ids: list[int]) -> bytes:
-        return b"".join(self.vmap._g_bytes[i] or b"" for i in ids)
-
-    def _run(self, wanted: list[int], n_last: int) -> Steps[tuple[torch.Tensor, int]]:
-        """Bring the cache to ``wanted`` (rolling back what differs); (the logits of its last
-        ``n_last`` positions, recomputed where they are cached already; tokens run)."""
-        keep = common_prefix(self.state.tokens, wanted)
-        start = min(keep, len(wanted) - n_last)
-        if start < len(self.state):
-            self.backend.rollback(self.state, start)
-        new = wanted[start:]
-        logits = yield Forward(self.backend, self.state, new, n_last)
-        return logits, len(new)
-
-
-@dataclass
-class _Choice:
-    token: int
-    prob: float
-    base_prob: float
-    base_top1: float
-    consulted: bool
-    base_top: list[float]  # the base's top-K log-probs (uncertainty features)
-    base_lp: float  # the chosen token's log-prob under the base
-    alpha: float | None = None
-    guide_prob: float | None = None
-    logprob: TokenLogprob | None = None
-    final_top: list[float] | None = None  # the same for the final distribution, when it differs
-    lp: float | None = None  # ... and in the final distribution
-    steered: bool = False  # the token differs from the one the base alone would have chosen
 
 
 def _stop_matcher(stops: Any) -> StopMatcher | None:
@@ -325,7 +107,7 @@ class Generation:
         self.base_prompt = prompt_ids[0]
         self.base_state = base.new_state()
         self.guides = [
-            _Guide(g, ids) if vm is None else _CrossVocabGuide(g, ids, vm)
+            SameVocabGuide(g, ids) if vm is None else CrossVocabGuide(g, ids, vm)
             for g, ids, vm in zip(guides, prompt_ids[1:], vocab_maps)
         ]
         self.answer_text = ""  # the decoded answer so far, as cross-vocabulary guides read it
@@ -340,12 +122,15 @@ class Generation:
         self.base_heals = 0
         self.vocab = base.logits_width
         no_eos = params.ignore_eos
-        self.base_eos = frozenset() if no_eos else base.eos_token_ids
-        self.guide_eos = frozenset().union(*(() if no_eos else g.eos for g in self.guides))
+        self.stops = stops if stops is not None else StopMatcher(params.stop)
+        self.stopping = StoppingCriteria(
+            frozenset() if no_eos else base.eos_token_ids,
+            frozenset().union(*(() if no_eos else g.eos for g in self.guides)),
+            self.stops,
+        )
         self.generated: list[int] = []
         self.guide_tokens = 0
         self.detok = IncrementalDetokenizer(base.tokenizer)
-        self.stops = stops if stops is not None else StopMatcher(params.stop)
         self.prefix = prefix
         self.top_logprobs = params.logprobs
         self.tool_capture = tool_capture
@@ -359,6 +144,23 @@ class Generation:
             weights=guide_weights,
             mitigations=list(mitigations),
         )
+        # the observers of each step's output (see blendin_llm.observers)
+        self.logprobs = LogprobRecorder() if self.top_logprobs is not None else None
+        self.observers: list[StepObserver] = [self.tracker]
+        if self.tracker.trace is not None:
+            self.observers.append(TraceRecorder(self.tracker.trace))
+        if self.logprobs is not None:
+            self.observers.append(self.logprobs)
+        # the answer so far: the text released, where each token's text starts in the decoded
+        # text, and how it ended (finish reason, stop sequence, where a stop string starts)
+        self.text_parts: list[str] = []
+        self.starts: list[int] = []
+        self.lead = ""  # the prefix's released text, released with the first token
+        self.finish_reason = "length"
+        self.stop_sequence: str | None = None
+        self.filter_ended = False  # a text filter ended the answer
+        self.eos_end = False  # the answer's last token is an EOS
+        self.answer_end: int | None = None
         w = guide_weights
         self.guide_weight = (
             None
@@ -380,8 +182,6 @@ class Generation:
         # the penalties (and the mask of ids without a token): none when all are off
         self.processors = build_processors(params, self.vocab, base.n_tokens, base.device)
         self._base_logits: torch.Tensor | None = None
-        # the log-distribution the last token was chosen from (after blending and penalties)
-        self.final_logdist: torch.Tensor | None = None
         # one top-k of the base per step serves the features (top NEGENTROPY_K), the agreement
         # (top agreement_top_k) and greedy decoding (top 1)
         self.top_k = min(max(NEGENTROPY_K, config.agreement_top_k), self.vocab)
@@ -417,11 +217,11 @@ class Generation:
             self.base.rollback(self.base_state, p + keep)
         return wanted[keep:]
 
-    def _choose(self) -> Steps[_Choice]:
+    def _choose(self) -> Steps[Choice]:
         """Choose the next token. The one place where the final log-distribution exists: the
         base's log-probs, or the strategy's blend when the guides were consulted, then the
         penalties (``self.processors``); the token is its argmax, or a draw with this step's
-        uniform (``SeedStream``), and ``self.final_logdist`` keeps it for observers."""
+        uniform (``SeedStream``)."""
         assert self._base_logits is not None  # set by _advance
         logp = torch.log_softmax(self._base_logits, -1)
         top_v, top_i = torch.topk(logp, self.top_k)
@@ -442,7 +242,6 @@ class Generation:
             logd = self._support(logd, logp, mix)
         if procs:
             logd = apply_processors(procs, logd)
-        self.final_logdist = logd
         proposal = None
         if u is not None and mix is None and not procs:  # the base's own draw, when it made one
             proposal = self.base.proposal(self.base_state)
@@ -463,7 +262,7 @@ class Generation:
                 tok = own
         if mix is None:
             if self.params.greedy and not procs:  # the base's own top token: nothing to look up
-                c = _Choice(
+                c = Choice(
                     int(head[-1]),
                     base_top1,
                     base_top1,
@@ -479,7 +278,7 @@ class Generation:
                     row = torch.cat([row, torch.topk(logd, len(base_top)).values])
                 vals = yield Fetch(row)
                 token, lp, base_lp = vals[:3]
-                c = _Choice(
+                c = Choice(
                     int(token),
                     math.exp(lp),
                     math.exp(base_lp),
@@ -576,7 +375,7 @@ class Generation:
         base_top1: float,
         base_top: list[float],
         own: torch.Tensor | None,
-    ) -> Steps[_Choice]:
+    ) -> Steps[Choice]:
         """The choice at a consulted step, with the guides' signals for the reliability record
         (read back in one transfer); ``own``: the base's own choice, when it matters."""
         mixed, p_base, guide_probs, alphas, g_top1, g_arg = mix
@@ -594,9 +393,8 @@ class Generation:
         own_id = int(stats.pop())
         n = len(self.guides)
         token, prob, base_prob, guide_prob = stats[:4]
-        cols = [stats[4 + i * n : 4 + (i + 1) * n] for i in range(5)]
-        self.tracker.consulted(*cols)
-        return _Choice(
+        cols = tuple(stats[4 + i * n : 4 + (i + 1) * n] for i in range(5))
+        return Choice(
             int(token),
             prob,
             base_prob,
@@ -609,6 +407,7 @@ class Generation:
             base_lp=math.log(max(base_prob, 1e-30)),
             lp=math.log(max(prob, 1e-30)),
             steered=own is not None and int(token) != own_id,
+            guide_stats=cols,
         )
 
     def release(self) -> None:
@@ -642,54 +441,16 @@ class Generation:
         """The decoding coroutine: yields ``Forward`` and ``Fetch`` requests (send the answer
         back) and ``StreamEvent``s (send None); the last event has ``done=True``."""
         t0 = time.perf_counter()
-        finish, stop_seq, ended = "length", None, False
-        text_parts: list[str] = []
-        logprobs: list[TokenLogprob] | None = [] if self.top_logprobs is not None else None
-        tracker, trace = self.tracker, self.tracker.trace
-        lead = self.stops.push(self.prefix)[0] if self.prefix else ""  # released with token 1
+        self.lead = self.stops.push(self.prefix)[0] if self.prefix else ""
         yield from self._advance(None)
-        starts: list[int] = []  # where each token's text starts in the decoded text
-        answer_end: int | None = None  # where the answer ends in it (a stop string starts)
-        eos_end = False  # the answer's last token is an EOS
         for index in range(self.budget):
             c = yield from self._choose()
-            self.generated.append(c.token)
-            tracker.step(c.base_top, c.base_lp, c.final_top, c.lp)
-            starts.append(len(self.answer_text))
-            eos = c.token in self.base_eos or (c.consulted and c.token in self.guide_eos)
-            if eos:
-                finish, eos_end = "stop", True
-                stop_seq = self.base.tokenizer.convert_ids_to_tokens(c.token)
-                delta = emit = ""
-                hit = None
-            else:
-                delta = self.detok.push(c.token)
-                self.answer_text += delta
-                emit, hit = self.stops.push(delta)
-            if trace is not None:
-                trace.append(
-                    TraceEntry(
-                        index=index,
-                        token_id=c.token,
-                        text=delta,
-                        source="blend" if c.consulted else "base",
-                        alpha=c.alpha,
-                        base_top1=c.base_top1,
-                        base_prob=c.base_prob,
-                        guide_prob=c.guide_prob,
-                        prob=c.prob,
-                    )
-                )
-            if eos:
-                break
-            if emit or hit is None:
-                emit, lead = lead + emit, ""
-                text_parts.append(emit)
-                if logprobs is not None:
-                    assert c.logprob is not None  # _choose sets it when log-probs were asked for
-                    logprobs.append(c.logprob)
+            out = self._commit(index, c)
+            for observer in self.observers:
+                observer.observe(out)
+            if out.released is not None:
                 yield StreamEvent(
-                    text=emit,
+                    text=out.released,
                     token_id=c.token,
                     index=index,
                     consulted=c.consulted,
@@ -697,48 +458,77 @@ class Generation:
                     prob=c.prob,
                     logprob=c.logprob,
                 )
-            if hit is not None:  # a stop string ("" when a filter ended the answer)
-                finish, stop_seq, ended = "stop", hit or None, True
-                if hit:
-                    answer_end = (
-                        len(self.answer_text)
-                        - len(hit)
-                        - len(getattr(_stop_matcher(self.stops), "after", ""))
-                    )
+            if out.last:
                 break
             if index + 1 < self.budget:
                 self.healing = self.healing or c.steered
-                yield from self._advance(c.token, bool(delta))
+                yield from self._advance(c.token, bool(out.text))
+        tail = self._close()
+        yield StreamEvent(text=tail, done=True, result=self._result(time.perf_counter() - t0))
 
-        tail = lead
-        if not ended:  # release what was held back (an incomplete character, a stop prefix)
-            flushed = self.detok.flush()
-            if trace and flushed:  # held back as an incomplete character until the end
-                trace[-1].text += flushed
-            emit, hit = self.stops.push(flushed)
-            tail += emit
-            if hit is not None:
-                finish, stop_seq = "stop", hit or stop_seq
-                if hit:
-                    answer_end = (
-                        len(self.answer_text)
-                        + len(flushed)
-                        - len(hit)
-                        - len(getattr(_stop_matcher(self.stops), "after", ""))
-                    )
-            else:
-                tail += self.stops.flush()
-        text_parts.append(tail)
-        # only the answer counts: tokens whose text starts where a stop string starts (or later)
-        # were decoded to recognise it, and are neither counted nor scored
-        n = len(self.generated) if answer_end is None else sum(1 for s in starts if s < answer_end)
-        if logprobs is not None:  # the answer's tokens only, as for the usage
-            del logprobs[n:]
+    def _commit(self, index: int, c: Choice) -> StepOutput:
+        """The chosen token joins the answer: its text is decoded and passes the text filter; the
+        stopping criteria say whether the answer ends here."""
+        self.generated.append(c.token)
+        start = len(self.answer_text)
+        self.starts.append(start)
+        if self.stopping.at_eos(c.token, c.consulted):
+            self.finish_reason, self.eos_end = "stop", True
+            self.stop_sequence = self.base.tokenizer.convert_ids_to_tokens(c.token)
+            return StepOutput(index, c, "", start, None, last=True)
+        delta = self.detok.push(c.token)
+        self.answer_text += delta
+        emit, hit = self.stopping.push(delta)
+        released = None
+        if emit or hit is None:
+            released, self.lead = self.lead + emit, ""
+            self.text_parts.append(released)
+        if hit is not None:  # a stop string ("" when a filter ended the answer)
+            self._stopped_at(hit, len(self.answer_text))
+        return StepOutput(index, c, delta, start, released, last=hit is not None)
+
+    def _stopped_at(self, hit: str, text_end: int) -> None:
+        """A text filter ended the answer, with the stop string ``hit`` ("" when the filter
+        itself ended it) found in the decoded text up to ``text_end``."""
+        self.finish_reason, self.stop_sequence = "stop", hit or self.stop_sequence
+        self.filter_ended = True
+        if hit:  # the answer ends where the stop string starts
+            after = getattr(_stop_matcher(self.stops), "after", "")
+            self.answer_end = text_end - len(hit) - len(after)
+
+    def _close(self) -> str:
+        """The answer ended: the text still held back (an incomplete character, a possible stop
+        string's start), released now unless a filter ended the answer."""
+        tail = self.lead
+        if self.filter_ended:
+            self.text_parts.append(tail)
+            return tail
+        flushed = self.detok.flush()
+        trace = self.tracker.trace
+        if trace and flushed:  # held back as an incomplete character until the end
+            trace[-1].text += flushed
+        emit, hit = self.stopping.push(flushed)
+        tail += emit
+        if hit is not None:
+            self._stopped_at(hit, len(self.answer_text) + len(flushed))
+        else:
+            tail += self.stops.flush()
+        self.text_parts.append(tail)
+        return tail
+
+    def _result(self, elapsed_s: float) -> BlendResult:
+        """The answer's result. Only the answer counts: tokens whose text starts where a stop
+        string starts (or later) were decoded to recognise it, and are neither counted nor
+        scored."""
+        end = self.answer_end
+        n = len(self.generated) if end is None else sum(1 for s in self.starts if s < end)
+        logprobs = None if self.logprobs is None else self.logprobs.items[:n]
         prompt_n = len(self.base_prompt)
+        finish = self.finish_reason
         result = BlendResult(
-            text="".join(text_parts),
+            text="".join(self.text_parts),
             finish_reason=finish,
-            stop_sequence=stop_seq,
+            stop_sequence=self.stop_sequence,
             token_ids=list(self.generated),
             usage=Usage(
                 prompt_tokens=prompt_n,
@@ -746,16 +536,16 @@ class Generation:
                 total_tokens=prompt_n + n,
                 guide_tokens_computed=self.guide_tokens,
             ),
-            reliability=tracker.finish(
+            reliability=self.tracker.finish(
                 capped=self.consult.capped,
                 intervention_cap=self.consult.cap,
                 answer_tokens=n,
                 stopped=finish == "stop",
-                eos=eos_end,
+                eos=self.eos_end,
                 top_k_approximation=self.approx_k,
             ),
             model=self.model_name,
-            elapsed_s=time.perf_counter() - t0,
+            elapsed_s=elapsed_s,
             logprobs=logprobs,
         )
         if self.tool_capture is not None and self.tool_capture.captured:
@@ -764,4 +554,4 @@ class Generation:
             )
             if result.tool_calls:
                 result.finish_reason = "tool_calls"
-        yield StreamEvent(text=tail, done=True, result=result)
+        return result

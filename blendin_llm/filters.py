@@ -108,3 +108,31 @@ class FilterChain:
         for f in self.filters:
             text = f.push(text)[0] + f.flush()
         return text
+
+
+class StoppingCriteria:
+    """Where an answer ends, asked at each chosen token: at an EOS token (the base's, or a guide's
+    at a step where the guides were consulted: a guide that chose to end the answer ends it), or
+    where the text filter ends it (a stop string, a JSON object's end, a tool call's markup). The
+    token budget bounds the decoding loop itself.
+
+    Args:
+        base_eos: the base's end-of-sequence ids (empty with ``ignore_eos``).
+        guide_eos: the guides' end-of-sequence ids, in the base's ids (empty with ``ignore_eos``).
+        text: the answer's text filter (its stop strings, its JSON or tool-call filter).
+    """
+
+    __slots__ = ("base_eos", "guide_eos", "text")
+
+    def __init__(self, base_eos: frozenset[int], guide_eos: frozenset[int], text: TextFilter):
+        self.base_eos = base_eos
+        self.guide_eos = guide_eos
+        self.text = text
+
+    def at_eos(self, token: int, consulted: bool) -> bool:
+        """Whether the token ends the answer as an end-of-sequence token."""
+        return token in self.base_eos or (consulted and token in self.guide_eos)
+
+    def push(self, delta: str) -> tuple[str, str | None]:
+        """The text filter's ``push``: (text to release, the stop found or None)."""
+        return self.text.push(delta)

@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 
 from .config import BlendConfig
+from .observers import StepOutput
 from .results import GuideStats, Reliability, ScoreComponents, TraceEntry
 from .strategies import unsure
 from .uncertainty import Step, dist_stats
@@ -56,7 +57,7 @@ class ReliabilityTracker:
         self.strategy = strategy
         self.gated = gated  # the strategy consults exactly when the base is unsure
         self.names = guide_names
-        self.tokens = 0  # steps so far (the intervention cap reads these two while decoding)
+        self.tokens = 0  # steps so far
         self.interventions = 0
         self.steps: list[Step] = []
         self.guide_rows: list[tuple | None] = []  # per step: per-guide numbers when consulted
@@ -64,6 +65,14 @@ class ReliabilityTracker:
         self.trace: list[TraceEntry] | None = [] if trace else None
         self.weights = weights or [1.0] * len(guide_names)
         self.mitigations = mitigations or []
+
+    def observe(self, out: StepOutput) -> None:
+        """A decoding step's output (the tracker is one of the loop's observers): the guides'
+        numbers when they were consulted, then the step's."""
+        c = out.choice
+        if c.guide_stats is not None:
+            self.consulted(*c.guide_stats)
+        self.step(c.base_top, c.base_lp, c.final_top, c.lp)
 
     def consulted(
         self,

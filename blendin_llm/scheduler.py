@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from .engine import Fetch, Forward, Generation
+from .engine import Generation
+from .model_calls import Fetch, Forward
 from .results import StreamEvent
 
 # a sink receives (event, None) for each event and (None, error) once when the request fails

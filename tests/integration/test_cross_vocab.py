@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from blendin_llm import BlendConfig, BlendedLLM, ModelSpec, SamplingParams
-from blendin_llm.engine import _CrossVocabGuide, complete
+from blendin_llm.guides import CrossVocabGuide
+from blendin_llm.model_calls import complete
 from blendin_llm.backends import TransformersBackend
 from blendin_llm.vocab import IncrementalTokenizer, VocabMap, token_bytes
 
@@ -111,7 +112,7 @@ def test_guide_reads_the_answer_in_tokens_it_would_write_itself(tok, sp_tok):
     guide = TransformersBackend(make_model(tok, seed=1), tok)
     vm = VocabMap(tok, sp_tok, sp_tok.eos_token_id, len(tok))
     prompt = tok(PROMPT).input_ids
-    g = _CrossVocabGuide(guide, prompt, vm)
+    g = CrossVocabGuide(guide, prompt, vm)
     gb, _ = token_bytes(tok)
 
     def fresh(ids):
@@ -162,7 +163,7 @@ def test_text_ending_inside_the_guides_likely_token_is_healed_then_kept_as_its_t
                key=lambda t: len(gb[t]))
     text = gb[word].decode()
     prompt = tok(PROMPT).input_ids
-    g = _CrossVocabGuide(guide, prompt, vm)
+    g = CrossVocabGuide(guide, prompt, vm)
     with torch.inference_mode():
         complete(g.probs("", len(sp_tok)))
         g.end = torch.full_like(g.end, 0.1 / g.end.shape[0])
