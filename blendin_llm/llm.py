@@ -8,7 +8,6 @@ import functools
 import inspect
 import math
 import queue
-import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from .filters import FilterChain, LeadingSpace, StopMatcher
 from .mitigation import GuideMonitor
 from .prompts import PromptLike, RawPrompt, normalize_messages, resolved_format, turn_stops
 from .results import BlendResult, StreamEvent
-from .scheduler import Request, Scheduler
+from .scheduler import Request, Scheduler, TurnLock
 from .strategies import get_strategy
 from .tools import (
     JsonAnswer,
@@ -182,7 +181,7 @@ class BlendedLLM:
         self.lock_timeout = float(t)
         # one decoding step at a time: the models, their tokenizers and the backends' caches are
         # shared by every call; each call's own state (KV caches, sampler) is its own
-        self._lock = threading.Lock()
+        self._lock = TurnLock()
         self.guide_monitor = GuideMonitor([g.name for g in self.guides])
         for m in (self.base, *self.guides):
             cache = getattr(m, "prefix_cache", None)

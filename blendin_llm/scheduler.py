@@ -58,6 +58,51 @@ def _stop_at_exit() -> None:
             thread.join(EXIT_WAIT_S)
 
 
+class TurnLock:
+    """The models' lock: the decoding thread holds it for each step, a caller for its prompt's
+    encoding (the tokenizers are shared with the steps).
+
+    A plain lock is not fair: the decoding thread, releasing it at the end of a step and taking it
+    again a moment later, would keep a waiting caller out for many steps (a new request then waits
+    for the running ones, the head-of-line blocking batching removes). Here callers go first: at
+    each step boundary the decoding thread lets every caller that is waiting have its turn (for at
+    most ``CALLER_FIRST_S`` per step, so a flood of callers cannot stop the decoding).
+    """
+
+    CALLER_FIRST_S = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._callers = 0  # callers waiting for a turn
+
+    def acquire(self, timeout: float = -1) -> bool:
+        """A caller's turn (up to ``timeout`` seconds of waiting; -1: no limit); True if taken."""
+        with self._cv:
+            self._callers += 1
+        try:
+            return self._lock.acquire(timeout=timeout)
+        finally:
+            with self._cv:
+                self._callers -= 1
+                if not self._callers:
+                    self._cv.notify_all()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> TurnLock:
+        """The decoding thread's turn: after the callers waiting now."""
+        with self._cv:
+            if self._callers:
+                self._cv.wait_for(lambda: not self._callers, self.CALLER_FIRST_S)
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class Request:
     """One call's decoding: its coroutine, where its events go, and whether it was abandoned."""
 
@@ -109,7 +154,7 @@ class Scheduler:
 
     def __init__(
         self,
-        lock: threading.Lock,
+        lock: TurnLock,
         max_batch_size: int = 16,
         idle_s: float = 2.0,
         name: str = "blendin",

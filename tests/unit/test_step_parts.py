@@ -66,3 +66,35 @@ def test_log_probs_are_kept_for_the_steps_that_released_text():
     rec.observe(_out(2, _choice(0, logprob=lp(0)), text="", released=None, last=True))  # EOS
     assert [x.id for x in rec.items] == [5, 6]
 
+
+def test_a_caller_gets_the_models_before_the_decoding_thread_takes_another_step():
+    """The decoding thread takes the models' lock again right after each step; a caller that waits
+    for it (a new request's prompt encoding) must still get it at the next step boundary (a plain
+    lock lets the decoding thread win again and again: one extra step or more per caller)."""
+    import threading
+    import time
+
+    from blendin_llm.scheduler import TurnLock
+
+    lock, stop, steps = TurnLock(), threading.Event(), [0]
+
+    def decode():
+        while not stop.is_set():
+            with lock:
+                steps[0] += 1
+                time.sleep(0.001)  # the step's model work (the GIL is free meanwhile)
+
+    thread = threading.Thread(target=decode)
+    thread.start()
+    extra = []
+    try:
+        for _ in range(20):
+            time.sleep(0.003)
+            before = steps[0]
+            assert lock.acquire(timeout=5)
+            extra.append(steps[0] - before)  # steps the decoding thread began while we waited
+            lock.release()
+    finally:
+        stop.set()
+        thread.join()
+    assert sum(extra) <= 2, extra
