@@ -4,7 +4,7 @@
 
 Shapes (random init, nothing downloaded): a base shaped like SmolLM2-135M (576 hidden, 30 layers,
 9 heads / 3 KV heads, 49,152 tokens) and a guide of the same vocabulary (384 hidden, 8 layers),
-float32 on CPU, with SmolLM2's tokenizer from the conversion cache (run ``scripts/setup.sh``
+float32 (or `--dtype bfloat16`) on CPU, with SmolLM2's tokenizer from the conversion cache (run ``scripts/setup.sh``
 first). gamma is set from the base's own top-1 probabilities so that about 10 % of steps consult
 the guide. Prompts: GSM8K test questions. Every answer runs its full ``--tokens`` (``ignore_eos``).
 Every measured run starts with the prompt-prefix cache empty, so it computes its prompts (as
@@ -58,14 +58,14 @@ def smollm_tokenizer():
     return AutoTokenizer.from_pretrained(spec.source)
 
 
-def random_model(tok, shape: dict, seed: int):
+def random_model(tok, shape: dict, seed: int, dtype: str = "float32"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       tie_word_embeddings=True, **shape)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(cfg).eval().to(getattr(torch, dtype))
 
 
 def prompts(n: int) -> list[str]:
@@ -111,7 +111,10 @@ def run_sequential(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[f
     return time.perf_counter() - t, out
 
 
-def hf_batched(model, tok, ps: list[str], tokens: int) -> float:
+def hf_batched(model, tok, ps: list[str], tokens: int, llm: BlendedLLM) -> float:
+    """transformers' batched generate, run once the engine's decoding thread has ended: an idle
+    thread's CPU thread pool would slow it (see blendin_llm/backends/cpu.py)."""
+    llm.scheduler.wait_stopped(60)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -130,7 +133,8 @@ torch.set_num_threads(int(sys.argv[6]))
 import bench_batch as b
 from blendin_llm import BlendConfig, BlendedLLM
 tok = b.smollm_tokenizer()
-base = b.random_model(tok, b.BASE_SHAPE, 0); guide = b.random_model(tok, b.GUIDE_SHAPE, 1)
+dt = sys.argv[7]
+base = b.random_model(tok, b.BASE_SHAPE, 0, dt); guide = b.random_model(tok, b.GUIDE_SHAPE, 1, dt)
 cfg = json.loads(sys.argv[3])
 llm = BlendedLLM((base, tok), [(guide, tok)], BlendConfig(**cfg))
 ps = b.prompts(int(sys.argv[5]))
@@ -146,10 +150,10 @@ print(json.dumps({"tok_s": len(ps) * tokens / (time.perf_counter() - t)}))
 """
 
 
-def solo_in_process(src: Path, cfg: dict, tokens: int, n: int) -> float:
+def solo_in_process(src: Path, cfg: dict, tokens: int, n: int, dtype: str) -> float:
     r = subprocess.run(
         [sys.executable, "-c", SOLO_SNIPPET, str(src), str(ROOT / "benchmarks"), json.dumps(cfg),
-         str(tokens), str(n), str(torch.get_num_threads())],
+         str(tokens), str(n), str(torch.get_num_threads()), dtype],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
@@ -186,6 +190,9 @@ def main() -> None:
                     help="tokens per answer on the default pair (it decodes slower)")
     ap.add_argument("--levels", default="1,4,8,16")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the random models' dtype (bfloat16: what dtype='auto' picks on a CPU "
+                         "with native bf16, see blendin_llm/backends/cpu.py)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads (1 on a machine that other jobs share: oversubscribed "
                          "threads spin and distort every number)")
@@ -196,11 +203,11 @@ def main() -> None:
     ps = prompts(max(levels))
 
     tok = smollm_tokenizer()
-    base = random_model(tok, BASE_SHAPE, 0)
-    guide = random_model(tok, GUIDE_SHAPE, 1)
+    base = random_model(tok, BASE_SHAPE, 0, args.dtype)
+    guide = random_model(tok, GUIDE_SHAPE, 1, args.dtype)
     llm = BlendedLLM((base, tok), [(guide, tok)], max_batch_size=max(levels))
     gamma = gamma_for_rate(llm, ps[:8], 0.10, min(n_tok, 64))
-    print(f"# shapes: base {BASE_SHAPE}, guide {GUIDE_SHAPE}, vocab {len(tok)}, float32, "
+    print(f"# shapes: base {BASE_SHAPE}, guide {GUIDE_SHAPE}, vocab {len(tok)}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; {n_tok} tokens per answer; gamma={gamma:.3g} "
           "(aimed at ~10% of blendin's steps)")
     strategies = {"base_only": dict(strategy="base_only"),
@@ -228,7 +235,7 @@ def main() -> None:
                 keep((name, c), c * n_tok / wall, res)
                 rss_at[c] = max(rss_at.get(c, 0.0), maxrss_mb())
         if 8 in levels:
-            keep(("generate", 8), 8 * n_tok / hf_batched(base, tok, ps[:8], n_tok))
+            keep(("generate", 8), 8 * n_tok / hf_batched(base, tok, ps[:8], n_tok, llm))
 
     print(f"\nbest of {args.rounds} rounds; speed-up = aggregate tokens/s over the same strategy's "
           "requests run one after another")
@@ -266,8 +273,8 @@ def main() -> None:
             cfg = dict(strategy="blendin", gamma=gamma, alpha="auto")
             new, old = [], []
             for _ in range(max(2, args.rounds)):
-                new.append(solo_in_process(ROOT, cfg, n_tok, 4))
-                old.append(solo_in_process(Path(tmp), cfg, n_tok, 4))
+                new.append(solo_in_process(ROOT, cfg, n_tok, 4, args.dtype))
+                old.append(solo_in_process(Path(tmp), cfg, n_tok, 4, args.dtype))
             print(f"concurrency 1 (blendin, one process each, alternated, best of "
                   f"{max(2, args.rounds)}): this engine "
                   f"{max(new):.1f} tokens/s, {args.baseline_ref} {max(old):.1f} tokens/s = "

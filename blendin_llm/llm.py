@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from .backends.base import ModelBackend
+from .backends.cpu import release_thread_pool
 from .backends.transformers import TransformersBackend
 from .config import BlendConfig, ModelSpec, SamplingParams
 from .engine import Generation
@@ -188,6 +189,11 @@ class BlendedLLM:
             if cache is not None:
                 cache.max_tokens = prefix_cache_tokens
         self.scheduler = Scheduler(self._lock, max_batch_size, name=self.name)
+        # a caller's idle OpenMP threads would slow the decoding thread's (release_thread_pool):
+        # the loading thread's go now, a caller's when it hands a request over
+        self._cpu = str(self.base.device).startswith("cpu")
+        if self._cpu:
+            release_thread_pool()
         self.audit = self._open_audit(audit)
 
     @property
@@ -557,6 +563,8 @@ class BlendedLLM:
             if audit is not None:  # AUDIT: durable before the caller sees the end
                 audit.finish(event.result)
 
+        if self._cpu:
+            release_thread_pool()
         return self.scheduler.submit(gen, sink, finished)
 
     def _busy(self, what: str) -> BusyError:

@@ -197,6 +197,15 @@ class Scheduler:
         """Requests decoding now."""
         return len(self._active)
 
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the decoding thread has ended (``idle_s`` after its last request); True if
+        it has. Its CPU thread pool goes with it (see ``backends.cpu.release_thread_pool``)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
     # -- the decoding thread -------------------------------------------------------------------
     def _loop(self) -> None:
         while True:

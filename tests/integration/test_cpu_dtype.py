@@ -62,3 +62,44 @@ def test_auto_loads_in_the_chosen_dtype_and_returns_float32_logits(tmp_path, mon
     assert be.model.dtype == getattr(torch, choice)
     logits = be.forward(be.new_state(), tok("The quick brown fox").input_ids)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_a_caller_releases_its_idle_cpu_threads_when_it_hands_work_to_the_decoding_thread(tmp_path):
+    """The loading thread's OpenMP workers would slow the decoding thread's (GNU OpenMP sleeps
+    instead of spinning once the process has more of its threads than CPUs): BlendedLLM lets
+    them go when it is built and when a caller submits a request. Counted as the process's OS
+    threads, in a fresh interpreter with 2 torch threads."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, sys, time, torch
+        sys.path.insert(0, "tests")
+        torch.set_num_threads(2)
+        from tiny import make_model, make_tokenizer
+        from blendin_llm import BlendConfig, BlendedLLM, ModelSpec
+
+        def threads():
+            time.sleep(0.2)
+            return len(os.listdir("/proc/self/task"))
+
+        tok = make_tokenizer()
+        base = ModelSpec(model=make_model(tok, seed=0), tokenizer=tok, prompt_format="raw")
+        calm = threads()
+        torch.ones(10_000_000).mul_(2)  # the caller's own torch work: its OpenMP pool
+        busy = threads()
+        llm = BlendedLLM(base, [], BlendConfig(strategy="base_only"))
+        built = threads()
+        torch.ones(10_000_000).mul_(2)
+        llm.generate("hello", max_new_tokens=2)
+        llm.scheduler.wait_stopped(30)  # the decoding thread (and its pool) ended too
+        print(calm, busy, built, threads())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    calm, busy, built, after = map(int, out.stdout.split()[-4:])
+    assert busy > calm  # the pool's worker thread exists
+    assert built == calm and after == calm  # ... and is gone after construction and a request
