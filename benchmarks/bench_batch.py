@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from blendin_llm import BlendConfig, BlendedLLM, ModelSpec  # noqa: E402
+from blendin_llm import BlendedLLM, ModelSpec  # noqa: E402
 
 BASE_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                   num_attention_heads=9, num_key_value_heads=3)

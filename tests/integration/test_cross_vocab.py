@@ -9,7 +9,7 @@ from blendin_llm.model_calls import complete
 from blendin_llm.backends import TransformersBackend
 from blendin_llm.vocab import IncrementalTokenizer, VocabMap, token_bytes
 
-from tiny import make_char_tokenizer, make_model, make_sentencepiece_tokenizer, make_tokenizer
+from tiny import make_char_tokenizer, make_model, make_sentencepiece_tokenizer
 
 PROMPT = "User: hello there\nAssistant:"
 
