@@ -97,4 +97,5 @@ def test_a_caller_gets_the_models_before_the_decoding_thread_takes_another_step(
     finally:
         stop.set()
         thread.join()
-    assert sum(extra) <= 2, extra
+    assert sum(extra) <= 5, extra  # a plain lock: about 20 (one per caller); a little slack for a
+    # caller that a loaded machine does not schedule within the 50 ms the decoding thread waits
