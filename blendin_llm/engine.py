@@ -43,13 +43,6 @@ from .vocab import IncrementalTokenizer, VocabMap, common_prefix
 _EPS = 1e-20
 
 
-def _stop_matcher(stops: Any) -> StopMatcher | None:
-    """The StopMatcher of an answer's text filter (itself, or one in a FilterChain)."""
-    if isinstance(stops, StopMatcher):
-        return stops
-    return next((f for f in getattr(stops, "filters", ()) if isinstance(f, StopMatcher)), None)
-
-
 class _Mix(NamedTuple):
     """What a consulted step computed (all in the base's token space)."""
 
@@ -122,11 +115,10 @@ class Generation:
         self.base_heals = 0
         self.vocab = base.logits_width
         no_eos = params.ignore_eos
-        self.stops = stops if stops is not None else StopMatcher(params.stop)
         self.stopping = StoppingCriteria(
             frozenset() if no_eos else base.eos_token_ids,
             frozenset().union(*(() if no_eos else g.eos for g in self.guides)),
-            self.stops,
+            stops if stops is not None else StopMatcher(params.stop),
         )
         self.generated: list[int] = []
         self.guide_tokens = 0
@@ -441,7 +433,7 @@ class Generation:
         """The decoding coroutine: yields ``Forward`` and ``Fetch`` requests (send the answer
         back) and ``StreamEvent``s (send None); the last event has ``done=True``."""
         t0 = time.perf_counter()
-        self.lead = self.stops.push(self.prefix)[0] if self.prefix else ""
+        self.lead = self.stopping.push(self.prefix)[0] if self.prefix else ""
         yield from self._advance(None)
         for index in range(self.budget):
             c = yield from self._choose()
@@ -470,12 +462,11 @@ class Generation:
         """The chosen token joins the answer: its text is decoded and passes the text filter; the
         stopping criteria say whether the answer ends here."""
         self.generated.append(c.token)
-        start = len(self.answer_text)
-        self.starts.append(start)
+        self.starts.append(len(self.answer_text))
         if self.stopping.at_eos(c.token, c.consulted):
             self.finish_reason, self.eos_end = "stop", True
             self.stop_sequence = self.base.tokenizer.convert_ids_to_tokens(c.token)
-            return StepOutput(index, c, "", start, None, last=True)
+            return StepOutput(index, c, "", None, last=True)
         delta = self.detok.push(c.token)
         self.answer_text += delta
         emit, hit = self.stopping.push(delta)
@@ -485,7 +476,7 @@ class Generation:
             self.text_parts.append(released)
         if hit is not None:  # a stop string ("" when a filter ended the answer)
             self._stopped_at(hit, len(self.answer_text))
-        return StepOutput(index, c, delta, start, released, last=hit is not None)
+        return StepOutput(index, c, delta, released, last=hit is not None)
 
     def _stopped_at(self, hit: str, text_end: int) -> None:
         """A text filter ended the answer, with the stop string ``hit`` ("" when the filter
@@ -493,8 +484,7 @@ class Generation:
         self.finish_reason, self.stop_sequence = "stop", hit or self.stop_sequence
         self.filter_ended = True
         if hit:  # the answer ends where the stop string starts
-            after = getattr(_stop_matcher(self.stops), "after", "")
-            self.answer_end = text_end - len(hit) - len(after)
+            self.answer_end = self.stopping.stop_start(hit, text_end)
 
     def _close(self) -> str:
         """The answer ended: the text still held back (an incomplete character, a possible stop
@@ -512,7 +502,7 @@ class Generation:
         if hit is not None:
             self._stopped_at(hit, len(self.answer_text) + len(flushed))
         else:
-            tail += self.stops.flush()
+            tail += self.stopping.flush()
         self.text_parts.append(tail)
         return tail
 

@@ -136,3 +136,16 @@ class StoppingCriteria:
     def push(self, delta: str) -> tuple[str, str | None]:
         """The text filter's ``push``: (text to release, the stop found or None)."""
         return self.text.push(delta)
+
+    def flush(self) -> str:
+        """The text filter's ``flush``: what it held back, when the answer ends for another
+        reason."""
+        return self.text.flush()
+
+    def stop_start(self, hit: str, text_end: int) -> int:
+        """Where the stop string ``hit``, just matched in the decoded text up to ``text_end``,
+        starts: the answer ends there (text a ``StopMatcher`` saw after the match is not part of
+        it)."""
+        filters = self.text.filters if isinstance(self.text, FilterChain) else [self.text]
+        matcher = next((f for f in filters if isinstance(f, StopMatcher)), None)
+        return text_end - len(hit) - len(matcher.after if matcher is not None else "")

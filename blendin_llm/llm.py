@@ -189,11 +189,9 @@ class BlendedLLM:
             if cache is not None:
                 cache.max_tokens = prefix_cache_tokens
         self.scheduler = Scheduler(self._lock, max_batch_size, name=self.name)
-        # a caller's idle OpenMP threads would slow the decoding thread's (release_thread_pool):
-        # the loading thread's go now, a caller's when it hands a request over
-        self._cpu = str(self.base.device).startswith("cpu")
-        if self._cpu:
-            release_thread_pool()
+        # the loading thread's idle CPU threads would slow the decoding thread's (a caller's go
+        # when it hands a request to the scheduler)
+        release_thread_pool()
         self.audit = self._open_audit(audit)
 
     @property
@@ -563,8 +561,6 @@ class BlendedLLM:
             if audit is not None:  # AUDIT: durable before the caller sees the end
                 audit.finish(event.result)
 
-        if self._cpu:
-            release_thread_pool()
         return self.scheduler.submit(gen, sink, finished)
 
     def _busy(self, what: str) -> BusyError:

@@ -43,7 +43,6 @@ class StepOutput(NamedTuple):
     step: int  # the step's position in the answer, from 0
     choice: Choice
     text: str  # the text it adds to the decoded answer ("" for an EOS token)
-    start: int  # where that text starts in the decoded answer
     released: str | None  # the text released to the caller now; None: no event at this step
     last: bool  # the answer ends here (an EOS token, a stop string, a filter's end)
 

@@ -57,8 +57,6 @@ class ReliabilityTracker:
         self.strategy = strategy
         self.gated = gated  # the strategy consults exactly when the base is unsure
         self.names = guide_names
-        self.tokens = 0  # steps so far
-        self.interventions = 0
         self.steps: list[Step] = []
         self.guide_rows: list[tuple | None] = []  # per step: per-guide numbers when consulted
         self._pending: tuple | None = None
@@ -83,7 +81,6 @@ class ReliabilityTracker:
         js: list[float],
     ) -> None:
         """The guides' numbers at this step (one value per guide); called before ``step``."""
-        self.interventions += 1
         self._pending = (alphas, top1, agree1, agreek, js)
 
     def step(
@@ -121,7 +118,6 @@ class ReliabilityTracker:
                 )
             )
         self.guide_rows.append(g)
-        self.tokens += 1
 
     def finish(
         self,

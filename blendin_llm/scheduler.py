@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .backends.cpu import release_thread_pool
 from .engine import Generation
 from .model_calls import Fetch, Forward
 from .results import StreamEvent
@@ -93,8 +94,9 @@ class TurnLock:
 
     def __enter__(self) -> TurnLock:
         """The decoding thread's turn: after the callers waiting now."""
-        with self._cv:
-            if self._callers:
+        # read without the condition: a caller counted a moment later arrived after this boundary
+        if self._callers:
+            with self._cv:
                 self._cv.wait_for(lambda: not self._callers, self.CALLER_FIRST_S)
         self._lock.acquire()
         return self
@@ -176,6 +178,7 @@ class Scheduler:
         self, gen: Generation, sink: Sink, on_done: Callable[[StreamEvent], None] | None = None
     ) -> Request:
         req = Request(gen, sink, on_done)
+        release_thread_pool()  # the caller's idle CPU threads would slow the decoding thread's
         with self._cv:
             self._waiting.append(req)
             if self._thread is None:

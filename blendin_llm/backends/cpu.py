@@ -156,10 +156,11 @@ def release_thread_pool() -> bool:
     thread, which has its own. With more OpenMP threads in the process than CPUs, GNU OpenMP stops
     spinning at its barriers and sleeps instead (its "throttled" wait), and every forward pass of
     the decoding thread paid for it: 76 vs 48 ms per batched step of a SmolLM2-135M-shaped model on
-    this project's 2-core machine (2 torch threads, bfloat16; float32 lost about 1.25x). A caller
-    releases its idle pool when it hands work over (``BlendedLLM``), so the decoding thread's is
-    the only one; the caller's comes back by itself the next time it runs torch work. Nothing
-    happens with one torch thread (no pool) or another OpenMP runtime.
+    this project's 2-core machine (2 torch threads, bfloat16; float32 lost about 1.25x). The
+    loading thread releases its idle pool when it builds a ``BlendedLLM``, and a caller its own
+    when it hands a request to the scheduler, so the decoding thread's is the only one; a caller's
+    comes back by itself the next time it runs torch work. Nothing happens with one torch thread
+    (no pool) or another OpenMP runtime.
     """
     if torch.get_num_threads() <= 1:
         return False

@@ -17,7 +17,7 @@ def _choice(token, consulted=False, **kw):
 
 
 def _out(step, c, text="x", released="x", last=False):
-    return StepOutput(step, c, text, step, released, last)
+    return StepOutput(step, c, text, released, last)
 
 
 def test_a_guide_eos_ends_the_answer_only_where_the_guides_were_consulted():
@@ -39,7 +39,7 @@ def test_the_tracker_observes_consulted_and_plain_steps():
     stats = ([0.5], [0.9], [1.0], [1.0], [0.25])
     t.observe(_out(0, _choice(5)))
     t.observe(_out(1, _choice(6, consulted=True, alpha=0.5, guide_stats=stats)))
-    assert (t.tokens, t.interventions) == (2, 1)
+    assert len(t.steps) == 2
     assert t.guide_rows == [None, stats]
     rel = t.finish()
     assert rel.interventions == 1 and rel.mean_alpha == 0.5 and rel.mean_divergence == 0.25
