@@ -155,8 +155,9 @@ def release_thread_pool() -> bool:
     models (or ran any other torch work) keeps its pool after it hands decoding to the decoding
     thread, which has its own. With more OpenMP threads in the process than CPUs, GNU OpenMP stops
     spinning at its barriers and sleeps instead (its "throttled" wait), and every forward pass of
-    the decoding thread paid for it: 76 vs 48 ms per batched step of a SmolLM2-135M-shaped model on
-    this project's 2-core machine (2 torch threads, bfloat16; float32 lost about 1.25x). The
+    the decoding thread paid for it: a batched step of a SmolLM2-135M-shaped model took 1.6x as
+    long in bfloat16 and 1.3x in float32 on this project's 2-core machine (2 torch threads,
+    ``benchmarks/bench_cpu_threads.py``). The
     loading thread releases its idle pool when it builds a ``BlendedLLM``, and a caller its own
     when it hands a request to the scheduler, so the decoding thread's is the only one; a caller's
     comes back by itself the next time it runs torch work. Nothing happens with one torch thread
