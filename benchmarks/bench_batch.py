@@ -87,6 +87,15 @@ def cold(llm: BlendedLLM) -> None:
             m.prefix_cache.clear()
 
 
+def full_length(results: list, tokens: int) -> list:
+    """The results, each checked to have decoded all its ``tokens``: the rates count them."""
+    short = [r.usage.completion_tokens for r in results if r.usage.completion_tokens != tokens]
+    if short:
+        raise RuntimeError(f"answers ended before {tokens} tokens ({short}): the rates would "
+                           "count tokens that were never decoded")
+    return results
+
+
 def run_concurrent(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[float, list]:
     """Wall time of len(ps) requests sent at once from threads, and their results."""
     cold(llm)
@@ -101,14 +110,14 @@ def run_concurrent(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[f
         th.start()
     for th in threads:
         th.join()
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, full_length(out, tokens)
 
 
 def run_sequential(llm: BlendedLLM, ps: list[str], tokens: int, **kw) -> tuple[float, list]:
     cold(llm)
     t = time.perf_counter()
     out = [llm.generate(p, max_new_tokens=tokens, ignore_eos=True, **kw) for p in ps]
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, full_length(out, tokens)
 
 
 def hf_batched(model, tok, ps: list[str], tokens: int, llm: BlendedLLM) -> float:

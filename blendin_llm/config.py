@@ -414,7 +414,8 @@ class SamplingParams(_Settings):
     stop: Annotated[tuple[str, ...], BeforeValidator(_stops)] = ()
     """Strings that end the answer (not included in it); a string or a list."""
     ignore_eos: Annotated[bool, Field(strict=True), Allowed("True or False")] = False
-    """Keep generating past EOS tokens (for benchmarks; stop strings still apply)."""
+    """Keep generating past EOS tokens and a plain-format base's end of turn (for benchmarks;
+    the stop strings asked for still apply)."""
     logprobs: Annotated[
         int | None,
         Field(ge=0, le=20),

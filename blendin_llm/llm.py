@@ -446,8 +446,8 @@ class BlendedLLM:
         ``done=True`` and carries the ``BlendResult``. Arguments are checked before this returns.
 
         A base in the plain prompt format also stops where it would start the next user turn
-        (``"\nUser:"`` with the default prefixes), and its answer loses the space after
-        ``Assistant:``.
+        (``"\nUser:"`` with the default prefixes), its end of turn (``ignore_eos`` ignores it
+        too), and its answer loses the space after ``Assistant:``.
 
         ``tools`` (OpenAI-shaped function tools) are described to the models; calls the answer
         makes come back in ``result.tool_calls`` (``finish_reason == "tool_calls"``) and their
@@ -519,7 +519,8 @@ class BlendedLLM:
                 overrides=overrides,
             )
         )
-        if self.turn_stops and not isinstance(prompt, RawPrompt):
+        if self.turn_stops and not isinstance(prompt, RawPrompt) and not params.ignore_eos:
+            # the next user turn is a plain-format base's end of its answer: its EOS
             params = params.replace(stop=params.stop + self.turn_stops)
         config = self._resolve_config(overrides)
         gen, active = self._prepare(

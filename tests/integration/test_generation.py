@@ -148,6 +148,11 @@ def test_plain_format_base_stops_at_the_next_user_turn(base_model, tok):
     res = plain.generate(PROMPT, max_new_tokens=30)
     assert res.finish_reason == "stop" and res.stop_sequence == prefix.rstrip()
     assert prefix.rstrip() not in res.text
+    # ignore_eos decodes past the end of turn, as past an EOS; a stop asked for still applies
+    on = plain.generate(PROMPT, max_new_tokens=30, ignore_eos=True)
+    assert on.finish_reason == "length" and prefix.rstrip() in on.text
+    asked = plain.generate(PROMPT, max_new_tokens=30, ignore_eos=True, stop=prefix.rstrip())
+    assert asked.finish_reason == "stop" and asked.text == res.text
     assert free.turn_stops == ()
 
 
