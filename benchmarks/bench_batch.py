@@ -5,8 +5,8 @@
 Shapes (random init, nothing downloaded): a base shaped like SmolLM2-135M (576 hidden, 30 layers,
 9 heads / 3 KV heads, 49,152 tokens) and a guide of the same vocabulary (384 hidden, 8 layers),
 float32 (or `--dtype bfloat16`) on CPU, with SmolLM2's tokenizer from the conversion cache (run ``scripts/setup.sh``
-first). gamma is set from the base's own top-1 probabilities so that about 10 % of steps consult
-the guide. Prompts: GSM8K test questions. Every answer runs its full ``--tokens`` (``ignore_eos``).
+first). gamma is set from the base's own top-1 probabilities so that about 10 % of the steps of the
+8 prompts decoded together consult the guide (``gamma_for_rate``). Prompts: GSM8K test questions. Every answer runs its full ``--tokens`` (``ignore_eos``).
 Every measured run starts with the prompt-prefix cache empty, so it computes its prompts (as
 transformers' ``generate`` does).
 
@@ -170,23 +170,28 @@ def solo_in_process(src: Path, cfg: dict, tokens: int, n: int, dtype: str) -> fl
 
 
 def gamma_for_rate(llm: BlendedLLM, ps: list[str], rate: float, tokens: int,
-                   rounds: int = 2) -> float:
-    """A gamma under which about ``rate`` of blendin's steps consult the guide: the quantile of
-    the base's top-1 probabilities (its traces), corrected ``rounds - 1`` times for the blended answers' own
-    rate (a blended token changes what follows)."""
+                   rounds: int = 6) -> float:
+    """A gamma under which about ``rate`` of blendin's steps consult the guide, for ``ps`` decoded
+    together (``generate_batch``). Candidates are quantiles of the base's own top-1 probabilities
+    (its traces); the quantile is bisected over ``rounds`` blended runs (a blended token changes
+    what follows, so the rate is measured, not read off the traces), and the gamma whose measured
+    rate came closest is returned."""
     tops = []
     for res in llm.generate_batch(ps, max_new_tokens=tokens, ignore_eos=True, trace=True,
                                   strategy="base_only"):
         tops += [t.base_top1 for t in res.reliability.trace]
     tops.sort()
-    q = rate
+    lo, hi = 0.0, 0.9
+    best = (math.inf, tops[min(int(rate * len(tops)), len(tops) - 1)])
     for _ in range(rounds):
+        q = (lo + hi) / 2 if best[0] < math.inf else rate
         gamma = tops[min(int(q * len(tops)), len(tops) - 1)]
         got = llm.generate_batch(ps, max_new_tokens=tokens, ignore_eos=True, strategy="blendin",
                                  gamma=gamma)
         seen = sum(r.reliability.interventions for r in got) / (len(ps) * tokens)
-        q = min(0.9, q * rate / max(seen, 1e-3))
-    return gamma
+        best = min(best, (abs(seen - rate), gamma))
+        lo, hi = (q, hi) if seen < rate else (lo, q)
+    return best[1]
 
 
 def main() -> None:
@@ -215,7 +220,7 @@ def main() -> None:
     base = random_model(tok, BASE_SHAPE, 0, args.dtype)
     guide = random_model(tok, GUIDE_SHAPE, 1, args.dtype)
     llm = BlendedLLM((base, tok), [(guide, tok)], max_batch_size=max(levels))
-    gamma = gamma_for_rate(llm, ps[:8], 0.10, min(n_tok, 64))
+    gamma = gamma_for_rate(llm, ps[:8], 0.10, n_tok)
     print(f"# shapes: base {BASE_SHAPE}, guide {GUIDE_SHAPE}, vocab {len(tok)}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; {n_tok} tokens per answer; gamma={gamma:.3g} "
           "(aimed at ~10% of blendin's steps)")
