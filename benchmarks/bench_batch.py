@@ -18,6 +18,8 @@ Printed, all measured in this run:
 - concurrency 1 against the engine of ``--baseline-ref`` (a git ref, e.g. the commit before
   batching), each run in its own process, alternated;
 - peak memory (max RSS) per extra row;
+- ``--versus-generate-rounds N``: N more rounds of concurrency 8 (each strategy, then transformers'
+  ``generate``), each round's ratios and their median;
 - ``--default-pair``: the default pair (Gemma-3-270M + SmolLM2-135M-Instruct, cross-vocabulary),
   8 concurrent vs one after another.
 """
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from blendin_llm import BlendedLLM, ModelSpec  # noqa: E402
+from blendin_llm.backends.cpu import release_thread_pool  # noqa: E402
 
 BASE_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                   num_attention_heads=9, num_key_value_heads=3)
@@ -132,7 +135,9 @@ def hf_batched(model, tok, ps: list[str], tokens: int, llm: BlendedLLM) -> float
     with torch.inference_mode():
         model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                        pad_token_id=tok.pad_token_id)
-    return time.perf_counter() - t
+    t = time.perf_counter() - t
+    release_thread_pool()  # ... and this thread's pool would slow the engine's next runs
+    return t
 
 
 SOLO_SNIPPET = r"""
@@ -204,6 +209,9 @@ def main() -> None:
                     help="tokens per answer on the default pair (it decodes slower)")
     ap.add_argument("--levels", default="1,4,8,16")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--versus-generate-rounds", type=int, default=0,
+                    help="more alternated rounds of concurrency 8 (blendin, base_only) against "
+                         "transformers' generate; prints each round's ratios and their median")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="the random models' dtype (bfloat16: what dtype='auto' picks on a CPU "
                          "with native bf16, see blendin_llm/backends/cpu.py)")
@@ -279,6 +287,24 @@ def main() -> None:
         print(f"peak RSS: {rss0:.0f} MB before the runs, {rss_at[hi]:.0f} MB after "
               f"concurrency {hi}; per extra row ~{(rss_at[hi] - rss_at[lo]) / (hi - lo):.1f} MB "
               "(max RSS only grows: an upper bound)")
+
+    if args.versus_generate_rounds:
+        # the 0.85x target's ratio, measured again in rounds that each run the three side by side
+        ratios: dict[str, list[float]] = {name: [] for name in strategies}
+        for i in range(args.versus_generate_rounds):
+            walls = {name: run_concurrent(llm, ps[:8], n_tok, **kw)[0]
+                     for name, kw in strategies.items()}
+            hf_t = hf_batched(base, tok, ps[:8], n_tok, llm)
+            for name, wall in walls.items():
+                ratios[name].append(hf_t / wall)
+            print(f"round {i + 1}: " + ", ".join(
+                f"{name} {8 * n_tok / wall:.1f}" for name, wall in walls.items())
+                  + f", generate {8 * n_tok / hf_t:.1f} tokens/s -> " + ", ".join(
+                f"{name} {ratios[name][-1]:.2f}x" for name in strategies))
+        for name in strategies:
+            r = sorted(ratios[name])
+            print(f"concurrency 8, {name} / transformers generate over "
+                  f"{len(r)} rounds: median {r[len(r) // 2]:.2f}x (min {r[0]:.2f}x, max {r[-1]:.2f}x)")
 
     if args.baseline_ref:
         with tempfile.TemporaryDirectory() as tmp:

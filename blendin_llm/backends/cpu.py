@@ -162,6 +162,10 @@ def release_thread_pool() -> bool:
     when it hands a request to the scheduler, so the decoding thread's is the only one; a caller's
     comes back by itself the next time it runs torch work. Nothing happens with one torch thread
     (no pool) or another OpenMP runtime.
+
+    A thread that runs torch work on CPU but hands no request itself (a main thread that embedded
+    documents, then lets worker threads call ``generate``) keeps its pool: call this in that thread
+    when its torch work is done; otherwise every decoding step pays the slowdown above.
     """
     if torch.get_num_threads() <= 1:
         return False
