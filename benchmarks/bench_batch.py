@@ -6,7 +6,8 @@ Shapes (random init, nothing downloaded): a base shaped like SmolLM2-135M (576 h
 9 heads / 3 KV heads, 49,152 tokens) and a guide of the same vocabulary (384 hidden, 8 layers),
 float32 (or `--dtype bfloat16`) on CPU, with SmolLM2's tokenizer from the conversion cache (run ``scripts/setup.sh``
 first). gamma is set from the base's own top-1 probabilities so that about 10 % of the steps of the
-8 prompts decoded together consult the guide (``gamma_for_rate``). Prompts: GSM8K test questions. Every answer runs its full ``--tokens`` (``ignore_eos``).
+8 prompts decoded together consult the guide (``gamma_for_rate``). Prompts: GSM8K test questions.
+Every answer runs its full ``--tokens`` (``ignore_eos``; checked, see ``full_length``).
 Every measured run starts with the prompt-prefix cache empty, so it computes its prompts (as
 transformers' ``generate`` does).
 
