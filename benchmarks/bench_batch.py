@@ -210,6 +210,8 @@ def main() -> None:
                     help="tokens per answer on the default pair (it decodes slower)")
     ap.add_argument("--levels", default="1,4,8,16")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--baseline-rounds", type=int, default=0,
+                    help="alternated pairs against --baseline-ref (default: --rounds, at least 2)")
     ap.add_argument("--versus-generate-rounds", type=int, default=0,
                     help="more alternated rounds of concurrency 8 (blendin, base_only) against "
                          "transformers' generate; prints each round's ratios and their median")
@@ -313,13 +315,16 @@ def main() -> None:
                            shell=True, check=True)
             cfg = dict(strategy="blendin", gamma=gamma, alpha="auto")
             new, old = [], []
-            for _ in range(max(2, args.rounds)):
+            n = args.baseline_rounds or max(2, args.rounds)
+            for _ in range(n):
                 new.append(solo_in_process(ROOT, cfg, n_tok, 4, args.dtype))
                 old.append(solo_in_process(Path(tmp), cfg, n_tok, 4, args.dtype))
-            print(f"concurrency 1 (blendin, one process each, alternated, best of "
-                  f"{max(2, args.rounds)}): this engine "
-                  f"{max(new):.1f} tokens/s, {args.baseline_ref} {max(old):.1f} tokens/s = "
-                  f"{max(new) / max(old):.2f}x")
+            pairs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(new, old))
+            ratios = sorted(a / b for a, b in zip(new, old))
+            print(f"concurrency 1 (blendin, one process each, alternated, best of {n}): this "
+                  f"engine {max(new):.1f} tokens/s, {args.baseline_ref} {max(old):.1f} tokens/s = "
+                  f"{max(new) / max(old):.2f}x; each pair (this/{args.baseline_ref}): {pairs}; "
+                  f"median of the pairs' ratios {ratios[len(ratios) // 2]:.2f}x")
 
     if args.default_pair:
         del llm, base, guide
