@@ -157,11 +157,10 @@ def release_thread_pool() -> bool:
     spinning at its barriers and sleeps instead (its "throttled" wait), and every forward pass of
     the decoding thread paid for it: a batched step of a SmolLM2-135M-shaped model took 1.6x as
     long in bfloat16 and 1.3x in float32 on this project's 2-core machine (2 torch threads,
-    ``benchmarks/bench_cpu_threads.py``). The
-    loading thread releases its idle pool when it builds a ``BlendedLLM``, and a caller its own
-    when it hands a request to the scheduler, so the decoding thread's is the only one; a caller's
-    comes back by itself the next time it runs torch work. Nothing happens with one torch thread
-    (no pool) or another OpenMP runtime.
+    ``benchmarks/bench_cpu_threads.py``). The loading thread releases its idle pool when it builds
+    a ``BlendedLLM``, and a caller its own when it hands a request to the scheduler, so the
+    decoding thread's is the only one; a caller's comes back by itself the next time it runs torch
+    work. Nothing happens with one torch thread (no pool) or another OpenMP runtime.
 
     A thread that runs torch work on CPU but hands no request itself (a main thread that embedded
     documents, then lets worker threads call ``generate``) keeps its pool: call this in that thread
